@@ -1,0 +1,97 @@
+# consul: a Lua module with a C core for the Consul HTTP API.
+#   make            build for Lua 5.4 and LuaJIT (installs missing Debian packages when root)
+#   make test       the spec suite on Lua 5.4 and LuaJIT against a throwaway Consul 1.8.7 agent
+#   make demo       the example against a throwaway agent
+#   make bench      throughput against a raw libcurl loop
+#   make valgrind   the suite under valgrind;  make asan: the suite with ASan/UBSan
+#   make install    luarocks make (the rockspec)
+
+DEB_PKGS  = gcc make pkg-config lua5.4 liblua5.4-dev lua-busted libcurl4-openssl-dev \
+            libcjson-dev luarocks luajit2 libluajit2-5.1-dev valgrind curl openssl ca-certificates
+CC       ?= gcc
+WARN      = -std=c99 -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+            -Wwrite-strings -Werror -Werror=implicit-function-declaration
+OPT      ?= -O2 -g
+LIBS_CFLAGS = $$(pkg-config --cflags libcurl libcjson)
+LIBS_LDFLAGS = $$(pkg-config --libs libcurl libcjson) -lpthread
+SRC       = $(wildcard csrc/*.c)
+HDR       = $(wildcard csrc/*.h)
+BUSTED    = busted --output=utfTerminal
+
+LUA54_INC  = -I/usr/include/lua5.4
+LUAJIT_INC = -I/usr/include/luajit-2.1
+
+.PHONY: all deps test test-54 test-jit demo bench valgrind asan install clean check-readme
+
+all: deps build/5.4/consul/core.so build/jit/consul/core.so
+
+# Installs what is missing, as root; otherwise says what is missing.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    (apt-get install -y -q $$missing || (apt-get update -q && apt-get install -y -q $$missing)) >/dev/null; \
+	  else echo "missing Debian packages:$$missing (run make as root to install them)"; exit 1; fi; \
+	fi
+
+build/5.4/consul/core.so: $(SRC) $(HDR)
+	@mkdir -p $(@D)
+	$(CC) $(WARN) $(OPT) -fPIC -shared $(LUA54_INC) $(LIBS_CFLAGS) $(SAN) -o $@ $(SRC) $(LIBS_LDFLAGS)
+
+build/jit/consul/core.so: $(SRC) $(HDR)
+	@mkdir -p $(@D)
+	$(CC) $(WARN) $(OPT) -fPIC -shared $(LUAJIT_INC) $(LIBS_CFLAGS) -o $@ $(SRC) $(LIBS_LDFLAGS)
+
+# Specs and the demo load the module from the build tree.
+PATHS54  = LUA_PATH="./lua/?.lua;./?.lua;./?/init.lua;;" LUA_CPATH="./build/5.4/?.so;;"
+PATHSJIT = LUA_PATH="./lua/?.lua;./?.lua;./?/init.lua;;" LUA_CPATH="./build/jit/?.so;;"
+
+test: all
+	@rm -f build/results-*.txt
+	scripts/with-agent.sh env $(PATHS54) $(BUSTED) --lua=lua5.4 spec 2>&1 | tee build/results-5.4.txt; \
+	  s1=$${PIPESTATUS[0]}; \
+	scripts/with-agent.sh env $(PATHSJIT) $(BUSTED) --lua=luajit spec 2>&1 | tee build/results-jit.txt; \
+	  s2=$${PIPESTATUS[0]}; \
+	scripts/summary.sh build/results-5.4.txt build/results-jit.txt; \
+	test $$s1 = 0 && test $$s2 = 0
+
+test-54: all
+	scripts/with-agent.sh env $(PATHS54) $(BUSTED) --lua=lua5.4 spec
+
+test-jit: all
+	scripts/with-agent.sh env $(PATHSJIT) $(BUSTED) --lua=luajit spec
+
+demo: all
+	scripts/with-agent.sh env $(PATHS54) lua5.4 examples/demo.lua
+
+bench: all
+	@mkdir -p build
+	$(CC) -std=c99 -O2 -o build/rawbench bench/rawbench.c $(LIBS_CFLAGS) $(LIBS_LDFLAGS)
+	scripts/with-agent.sh env $(PATHS54) lua5.4 bench/bench.lua build/rawbench
+
+# The whole suite under valgrind: no leaks, no errors (lua5.4 itself is clean).
+valgrind: all
+	scripts/with-agent.sh env $(PATHS54) CONSUL_TEST_SLOW=1 valgrind --quiet --error-exitcode=99 \
+	  --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
+	  --suppressions=scripts/valgrind.supp --trace-children=no \
+	  lua5.4 /usr/bin/busted spec
+
+# The suite with ASan and UBSan: the module is built instrumented and the runtime preloaded.
+asan: deps
+	@mkdir -p build/asan/consul
+	$(CC) $(WARN) -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+	  -fno-sanitize-recover=undefined -fPIC -shared $(LUA54_INC) $(LIBS_CFLAGS) \
+	  -o build/asan/consul/core.so $(SRC) $(LIBS_LDFLAGS)
+	scripts/with-agent.sh env LUA_PATH="./lua/?.lua;./?.lua;;" LUA_CPATH="./build/asan/?.so;;" \
+	  LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=98 \
+	  LSAN_OPTIONS=suppressions=scripts/lsan.supp:print_suppressions=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  lua5.4 /usr/bin/busted spec
+
+install: deps
+	luarocks --lua-version=5.4 make rockspec/consul-scm-1.rockspec
+
+clean:
+	rm -rf build

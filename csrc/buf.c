@@ -1,0 +1,217 @@
+/*
+ * buf.c: growable byte buffers and the byte-level encodings the wire needs: percent-escaping
+ * of path segments and query values, base64 for KV values inside JSON, Go durations.
+ * Knows nothing of Lua or libcurl.
+ */
+#include "consul.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int consul_buf_reserve(consul_buf *b, size_t extra)
+{
+    size_t need, cap;
+    char *p;
+    if (extra > SIZE_MAX - b->len - 1)
+        return -1;
+    need = b->len + extra + 1;
+    if (need <= b->cap)
+        return 0;
+    cap = b->cap ? b->cap : 256;
+    while (cap < need)
+        cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+    p = realloc(b->data, cap);
+    if (p == NULL)
+        return -1;
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+int consul_buf_add(consul_buf *b, const void *p, size_t n)
+{
+    if (consul_buf_reserve(b, n) != 0)
+        return -1;
+    if (n > 0)
+        memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+int consul_buf_adds(consul_buf *b, const char *s)
+{
+    return consul_buf_add(b, s, strlen(s));
+}
+
+int consul_buf_addf(consul_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    char small[64];
+
+    va_start(ap, fmt);
+    n = vsnprintf(small, sizeof small, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return -1;
+    if ((size_t)n < sizeof small)
+        return consul_buf_add(b, small, (size_t)n);
+    if (consul_buf_reserve(b, (size_t)n) != 0)
+        return -1;
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+void consul_buf_reset(consul_buf *b)
+{
+    b->len = 0;
+    if (b->data != NULL)
+        b->data[0] = '\0';
+}
+
+void consul_buf_free(consul_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+static int unreserved(unsigned char ch)
+{
+    return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+           ch == '-' || ch == '.' || ch == '_' || ch == '~';
+}
+
+int consul_buf_add_escaped(consul_buf *b, const char *s, size_t n, int keep_slash)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t i;
+    char *o;
+    if (consul_buf_reserve(b, n * 3) != 0)
+        return -1;
+    o = b->data + b->len;
+    for (i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (unreserved(ch) || (keep_slash && ch == '/')) {
+            *o++ = (char)ch;
+        } else {
+            *o++ = '%';
+            *o++ = hex[ch >> 4];
+            *o++ = hex[ch & 15];
+        }
+    }
+    b->len = (size_t)(o - b->data);
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+static const char b64chars[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+int consul_buf_add_base64(consul_buf *b, const unsigned char *p, size_t n)
+{
+    size_t i;
+    char *o;
+    if (n > (SIZE_MAX / 4) * 3 - 3 || consul_buf_reserve(b, (n + 2) / 3 * 4) != 0)
+        return -1;
+    o = b->data + b->len;
+    for (i = 0; i + 2 < n; i += 3) {
+        unsigned v = (unsigned)p[i] << 16 | (unsigned)p[i + 1] << 8 | p[i + 2];
+        *o++ = b64chars[v >> 18];
+        *o++ = b64chars[(v >> 12) & 63];
+        *o++ = b64chars[(v >> 6) & 63];
+        *o++ = b64chars[v & 63];
+    }
+    if (i < n) {
+        unsigned v = (unsigned)p[i] << 16 | (i + 1 < n ? (unsigned)p[i + 1] << 8 : 0);
+        *o++ = b64chars[v >> 18];
+        *o++ = b64chars[(v >> 12) & 63];
+        *o++ = i + 1 < n ? b64chars[(v >> 6) & 63] : '=';
+        *o++ = '=';
+    }
+    b->len = (size_t)(o - b->data);
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+static int b64val(unsigned char ch)
+{
+    if (ch >= 'A' && ch <= 'Z') return ch - 'A';
+    if (ch >= 'a' && ch <= 'z') return ch - 'a' + 26;
+    if (ch >= '0' && ch <= '9') return ch - '0' + 52;
+    if (ch == '+') return 62;
+    if (ch == '/') return 63;
+    return -1;
+}
+
+long consul_base64_decode(const char *in, size_t n, unsigned char *out)
+{
+    unsigned v = 0;
+    int bits = 0;
+    size_t i, pad = 0;
+    long len = 0;
+    for (i = 0; i < n; i++) {
+        int d;
+        if (in[i] == '=') {
+            pad++;
+            continue;
+        }
+        if (pad > 0 || (d = b64val((unsigned char)in[i])) < 0)
+            return -1;
+        v = (v << 6) | (unsigned)d;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (out != NULL)
+                out[len] = (unsigned char)(v >> bits);
+            len++;
+            v &= (1u << bits) - 1;
+        }
+    }
+    if (pad > 2 || (n > 0 && (n % 4) != 0))
+        return -1;
+    return len;
+}
+
+int64_t consul_duration_ms(const char *s)
+{
+    double total = 0;
+    int any = 0;
+    if (strcmp(s, "0") == 0)
+        return 0;
+    while (*s) {
+        char *end;
+        double v = strtod(s, &end);
+        double unit;
+        if (end == s || !(v >= 0) || *s == ' ')
+            return -1;
+        s = end;
+        if (strncmp(s, "ns", 2) == 0) unit = 1e-6, s += 2;
+        else if (strncmp(s, "us", 2) == 0) unit = 1e-3, s += 2;
+        else if (strncmp(s, "\xc2\xb5s", 3) == 0) unit = 1e-3, s += 3;
+        else if (strncmp(s, "ms", 2) == 0) unit = 1, s += 2;
+        else if (*s == 's') unit = 1000, s += 1;
+        else if (*s == 'm') unit = 60000, s += 1;
+        else if (*s == 'h') unit = 3600000, s += 1;
+        else return -1;
+        total += v * unit;
+        any = 1;
+    }
+    if (!any || total > 9.2e15)
+        return -1;
+    return (int64_t)(total + 0.5);
+}
+
+int64_t consul_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}

@@ -1,0 +1,252 @@
+/*
+ * consul.h: internal declarations shared by the C files of the consul module.
+ *
+ * Layers, bottom up:
+ *   buf.c      growable byte buffers, percent-escaping, base64, durations (no Lua, no curl)
+ *   http.c     libcurl: one request struct in, one response struct out (no Lua)
+ *   json.c     cJSON documents with exact 64-bit integers, and Lua <-> JSON
+ *   client.c   the consul.Client userdata, options, per-call options, the generic call path
+ *   routes.c   the table of every Consul HTTP route and the generic method serving them
+ *   kv.c       the KV methods whose answers need shaping (get, record, list, keys, pairs, put, delete)
+ *   module.c   luaopen_consul_core and nothing else
+ * Only luaopen_* is exported; everything here is hidden.
+ */
+#ifndef CONSUL_H
+#define CONSUL_H
+
+#include "compat.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+
+#pragma GCC visibility push(hidden)
+
+#define CONSUL_VERSION "0.1.0"
+#define CONSUL_CLIENT_MT "consul.Client"
+#define CONSUL_GROUP_MT_PREFIX "consul.group."
+
+/* The flags Consul's own `consul lock` and Go client put on lock and semaphore keys. */
+#define CONSUL_LOCK_FLAG UINT64_C(0x2ddccbc058a50c18)
+#define CONSUL_SEMAPHORE_FLAG UINT64_C(0xe0f69a2baa414de0)
+
+/* ---- buf.c ------------------------------------------------------------ */
+
+typedef struct consul_buf {
+    char *data;  /* always NUL-terminated when non-NULL */
+    size_t len;
+    size_t cap;
+} consul_buf;
+
+#define CONSUL_BUF_INIT { NULL, 0, 0 }
+
+int consul_buf_reserve(consul_buf *b, size_t extra);  /* 0 ok, -1 out of memory */
+int consul_buf_add(consul_buf *b, const void *p, size_t n);
+int consul_buf_adds(consul_buf *b, const char *s);
+int consul_buf_addf(consul_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void consul_buf_reset(consul_buf *b);  /* keeps the memory */
+void consul_buf_free(consul_buf *b);
+
+/* Percent-escape every byte but RFC 3986 unreserved ones (and '/' when keep_slash). */
+int consul_buf_add_escaped(consul_buf *b, const char *s, size_t n, int keep_slash);
+int consul_buf_add_base64(consul_buf *b, const unsigned char *p, size_t n);
+/* Decodes into out (n*3/4 bytes; may be in itself; NULL only checks); returns the length
+ * or -1 on bad input. */
+long consul_base64_decode(const char *in, size_t n, unsigned char *out);
+
+/* Go duration ("15s", "1m30s", "250ms") to milliseconds; -1 when malformed. */
+int64_t consul_duration_ms(const char *s);
+int64_t consul_now_ms(void);  /* CLOCK_MONOTONIC */
+
+/* ---- http.c ----------------------------------------------------------- */
+
+/* How a request failed: meta.code in Lua. */
+enum consul_code {
+    CONSUL_OK = 0,
+    CONSUL_ECONNECT,  /* "connect" */
+    CONSUL_ETIMEOUT,  /* "timeout" */
+    CONSUL_ETLS,      /* "tls" */
+    CONSUL_EHTTP,     /* "http": an answer came, with a failing status */
+    CONSUL_EDECODE,   /* "decode": an answer came that we cannot read */
+    CONSUL_ECLOSED,   /* "closed": the peer closed the connection mid-answer */
+    CONSUL_ECONFLICT, /* "conflict": a lock key that is not a lock */
+    CONSUL_ENOMEM
+};
+const char *consul_code_name(int code);
+
+/* Where and how to reach the agent. Immutable once built; shared by reference count
+ * between a client and the locks it made, which may outlive it. */
+typedef struct consul_conf {
+    int refs;               /* atomic */
+    char *base_url;         /* "http://127.0.0.1:8500", no trailing slash */
+    char *hostport;         /* "127.0.0.1:8500" or the socket path, for messages */
+    char *unix_path;        /* NULL unless unix:// */
+    char *token;            /* NULL: none */
+    char *dc;               /* NULL: the agent's */
+    int consistency;        /* 0 default, 1 consistent, 2 stale */
+    long timeout_ms;
+    int verify;
+    char *ca_file, *ca_path, *cert_file, *key_file;
+    char *connect_to;       /* "name:port:host:port" for tls_server_name, else NULL */
+} consul_conf;
+
+consul_conf *consul_conf_new(void);
+consul_conf *consul_conf_retain(consul_conf *cf);
+void consul_conf_release(consul_conf *cf);
+
+/* Receives streamed body bytes instead of the response buffer; non-zero aborts. */
+typedef int (*consul_sink)(void *ud, const char *p, size_t n);
+
+typedef struct consul_req {
+    const char *method;      /* "GET", "PUT", ... */
+    const char *path;        /* escaped, "/v1/kv/a%20b" */
+    const char *query;       /* "recurse&dc=x" or NULL; appended after '?' */
+    const char *token;       /* NULL: the conf's token; "": none */
+    const char *body;        /* NULL: no body */
+    size_t body_len;
+    const char *content_type;
+    const struct curl_slist *headers;  /* extra headers or NULL */
+    long wait_ms;            /* a blocking query's wait, added to the timeout */
+    long timeout_ms;         /* 0: the conf's */
+    consul_sink sink;        /* stream the body here when set */
+    void *sink_ud;
+    const int *cancel;       /* aborts the transfer when *cancel becomes non-zero */
+} consul_req;
+
+typedef struct consul_resp {
+    long status;             /* 0 when no answer came */
+    int code;                /* enum consul_code */
+    const char *body;        /* into the handle's buffer; NUL-terminated */
+    size_t body_len;
+    uint64_t index;          /* X-Consul-Index */
+    int has_index;
+    int known_leader;        /* -1 unknown */
+    int64_t last_contact;    /* -1 unknown */
+    int json;                /* Content-Type says JSON */
+    long connects;           /* new connections this request opened */
+    char error[320];         /* why, when code != CONSUL_OK and no status came */
+} consul_resp;
+
+typedef struct consul_http {
+    CURL *easy;
+    consul_conf *conf;
+    consul_buf url;
+    consul_buf body;
+    struct curl_slist *slist;   /* per-request headers */
+    struct curl_slist *connect_to;
+    const consul_req *rq;       /* during perform */
+    consul_resp *rs;
+    char errbuf[CURL_ERROR_SIZE];
+} consul_http;
+
+void consul_http_global_init(void);
+/* 0 ok, -1 out of memory. h must be zeroed first; takes a reference to conf. */
+int consul_http_init(consul_http *h, consul_conf *conf);
+void consul_http_release(consul_http *h);  /* idempotent */
+/* Never raises, never touches Lua. Returns rs->code. */
+int consul_http_perform(consul_http *h, const consul_req *rq, consul_resp *rs);
+
+/* ---- json.c ------------------------------------------------------------ */
+
+/* A parsed JSON document whose integers are exact: every number node's valueint is replaced
+ * by the index of its token in the text, so its digits can be read again. */
+typedef struct consul_json {
+    cJSON *root;
+    const char *text;
+    size_t *nums;
+    size_t nnums, capnums;
+} consul_json;
+
+int consul_json_parse(consul_json *d, const char *text, size_t len);  /* 0 ok, -1 bad JSON */
+void consul_json_free(consul_json *d);                                /* keeps nums */
+void consul_json_release(consul_json *d);                             /* frees all */
+/* Exact value of an integer number node: 0 ok, -1 not an integer that fits 64 bits. */
+int consul_json_u64(const consul_json *d, const cJSON *n, uint64_t *out);
+int consul_json_i64(const consul_json *d, const cJSON *n, int64_t *out);
+
+#define CONSUL_JSON_B64VALUE 1   /* "Value" strings are base64: decode / encode them */
+#define CONSUL_JSON_DURATIONS 2  /* numbers under TTL / LockDelay are seconds: send "Ns" */
+
+/* Pushes the Lua value of d->root (or of node). Can raise only for memory. */
+void consul_json_push(lua_State *L, const consul_json *d, cJSON *node, int flags);
+/* Pushes a base64 string node decoded (in place: the node is spent). */
+void consul_json_push_b64(lua_State *L, cJSON *n);
+/* Appends the JSON of the Lua value at idx to b. Raises (argerror on arg) for values JSON
+ * cannot hold. */
+void consul_json_encode(lua_State *L, int idx, int arg, consul_buf *b, int flags);
+int consul_json_null(lua_State *L);           /* pushes consul.null */
+int consul_json_empty_array(lua_State *L);    /* pushes consul.empty_array */
+void consul_json_open(lua_State *L);          /* creates the two sentinels in the registry */
+
+/* ---- client.c ---------------------------------------------------------- */
+
+typedef struct consul_client {
+    consul_conf *conf;
+    consul_http http;
+    consul_buf path;     /* scratch: the escaped path */
+    consul_buf query;    /* scratch: the query string */
+    consul_buf enc;      /* scratch: an encoded request body */
+    consul_json doc;     /* scratch: the last answer */
+    struct curl_slist *headers;  /* scratch: c:request's extra headers */
+    int64_t requests, connects;
+    int closed;
+} consul_client;
+
+/* What one call sends and how its answer is shaped. */
+enum consul_answer {
+    CONSUL_ANS_AUTO = 0,  /* JSON decoded; other text as a string; empty body: true */
+    CONSUL_ANS_ID,        /* the "ID" field of the JSON object */
+    CONSUL_ANS_FIRST,     /* the first element of a JSON array; nil when empty */
+    CONSUL_ANS_TEXT,      /* the body as a string, whatever its type */
+    CONSUL_ANS_NONE       /* push nothing: the caller shapes the answer */
+};
+
+#define CONSUL_CALL_STATUS_DATA 1  /* 429 and 503 carry an answer (agent service health) */
+#define CONSUL_CALL_ABSENT_OK 2    /* a 404 on this call is "absent" even if not a GET */
+
+typedef struct consul_call {
+    const char *method;
+    const char *body;
+    size_t body_len;
+    const char *content_type;
+    const char *token;      /* per-call override or NULL */
+    const struct curl_slist *headers;
+    long wait_ms;
+    int answer;             /* enum consul_answer */
+    int json_flags;
+    int flags;
+    consul_sink sink;
+    void *sink_ud;
+} consul_call;
+
+consul_client *consul_checkclient(lua_State *L, int idx);  /* raises if closed */
+consul_client *consul_group_client(lua_State *L);          /* self (arg 1) is a group object */
+/* Parses per-call options (table at idx, or none) into c->query and call. Raises on unknown
+ * names or bad values. Applies the client's dc and consistency unless the call names its own. */
+void consul_opts(lua_State *L, int idx, consul_client *c, consul_call *call, int for_request);
+/* Appends name[=escaped value] to c->query (value NULL: a bare flag). */
+void consul_query_add(lua_State *L, consul_client *c, const char *name, const char *v, size_t n);
+void consul_path_begin(lua_State *L, consul_client *c, const char *prefix);
+void consul_path_add(lua_State *L, consul_client *c, int arg, int keep_slash);
+/* Sends the request in c->path / c->query; pushes result, err, meta and returns 3, or with
+ * CONSUL_ANS_NONE on success pushes only meta, leaves the answer in *rs and returns 0. */
+int consul_client_call(lua_State *L, consul_client *c, consul_call *call, consul_resp *rs);
+void consul_push_meta(lua_State *L, const consul_resp *rs);
+int consul_push_failure(lua_State *L, consul_client *c, const consul_call *call,
+                        const consul_resp *rs);
+void consul_client_open(lua_State *L);  /* module table at -1 */
+
+/* ---- routes.c ---------------------------------------------------------- */
+
+void consul_routes_open(lua_State *L);  /* module table at -1 */
+
+/* ---- kv.c -------------------------------------------------------------- */
+
+/* The KV methods replacing the generic ones; the group's method table at -1. */
+void consul_kv_open(lua_State *L);
+
+#pragma GCC visibility pop
+
+#endif

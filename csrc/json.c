@@ -1,0 +1,423 @@
+/*
+ * json.c: JSON in both directions.
+ *
+ * Decoding uses cJSON, which keeps numbers as doubles: 64-bit Flags and Raft indexes would be
+ * rounded. So the text's number tokens are found first, in document order, and each number
+ * node's valueint is replaced by the index of its token: any integer can then be read again
+ * exactly from its own digits. cJSON's children keep document order, so the two walks agree.
+ *
+ * Encoding writes Lua values straight into a consul_buf (owned by the client, so an error
+ * raised halfway leaks nothing).
+ */
+#include "consul.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The two sentinels: consul.null (JSON null) and consul.empty_array (JSON []). */
+static const char empty_array_key = 0;
+#define NULL_UD ((void *)0)
+#define EMPTY_ARRAY_UD ((void *)&empty_array_key)
+
+/* ---- parsing ------------------------------------------------------------ */
+
+static int scan_numbers(consul_json *d, const char *t, size_t len)
+{
+    size_t i = 0;
+    d->nnums = 0;
+    while (i < len) {
+        char ch = t[i];
+        if (ch == '"') {
+            for (i++; i < len && t[i] != '"'; i++)
+                if (t[i] == '\\')
+                    i++;
+            i++;
+        } else if (ch == '-' || (ch >= '0' && ch <= '9')) {
+            if (d->nnums == d->capnums) {
+                size_t cap = d->capnums ? d->capnums * 2 : 64;
+                size_t *p = realloc(d->nums, cap * sizeof *p);
+                if (p == NULL)
+                    return -1;
+                d->nums = p;
+                d->capnums = cap;
+            }
+            d->nums[d->nnums++] = i;
+            while (i < len && strchr("0123456789+-.eE", t[i]) != NULL && t[i] != '\0')
+                i++;
+        } else {
+            i++;
+        }
+    }
+    return 0;
+}
+
+static void number_nodes(cJSON *n, size_t *k, size_t max, int *ok)
+{
+    for (; n != NULL; n = n->next) {
+        if (cJSON_IsNumber(n)) {
+            if (*k < max)
+                n->valueint = (int)*k;
+            else
+                *ok = 0;
+            (*k)++;
+        } else if (n->child != NULL) {
+            number_nodes(n->child, k, max, ok);
+        }
+    }
+}
+
+int consul_json_parse(consul_json *d, const char *text, size_t len)
+{
+    size_t k = 0;
+    int ok = 1;
+    consul_json_free(d);
+    d->text = text;
+    if (scan_numbers(d, text, len) != 0)
+        return -1;
+    /* text[len] is '\0': counting it makes cJSON reject trailing garbage. */
+    d->root = cJSON_ParseWithLengthOpts(text, len + 1, NULL, 1);
+    if (d->root == NULL)
+        return -1;
+    number_nodes(d->root, &k, d->nnums, &ok);
+    if (!ok || k != d->nnums)
+        d->nnums = 0;  /* cannot happen for valid JSON; then numbers are doubles */
+    return 0;
+}
+
+void consul_json_free(consul_json *d)
+{
+    if (d->root != NULL) {
+        cJSON_Delete(d->root);
+        d->root = NULL;
+    }
+    d->text = NULL;
+}
+
+void consul_json_release(consul_json *d)
+{
+    consul_json_free(d);
+    free(d->nums);
+    d->nums = NULL;
+    d->nnums = d->capnums = 0;
+}
+
+static const char *int_token(const consul_json *d, const cJSON *n)
+{
+    const char *t;
+    size_t i;
+    if (n->valueint < 0 || (size_t)n->valueint >= d->nnums)
+        return NULL;
+    t = d->text + d->nums[n->valueint];
+    for (i = (*t == '-'); t[i] >= '0' && t[i] <= '9'; i++)
+        ;
+    return (t[i] == '.' || t[i] == 'e' || t[i] == 'E') ? NULL : t;
+}
+
+int consul_json_u64(const consul_json *d, const cJSON *n, uint64_t *out)
+{
+    const char *t;
+    unsigned long long v;
+    if (n == NULL || !cJSON_IsNumber(n) || (t = int_token(d, n)) == NULL || *t == '-')
+        return -1;
+    errno = 0;
+    v = strtoull(t, NULL, 10);
+    if (errno != 0)
+        return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+int consul_json_i64(const consul_json *d, const cJSON *n, int64_t *out)
+{
+    const char *t;
+    long long v;
+    if (n == NULL || !cJSON_IsNumber(n) || (t = int_token(d, n)) == NULL)
+        return -1;
+    errno = 0;
+    v = strtoll(t, NULL, 10);
+    if (errno != 0)
+        return -1;
+    *out = (int64_t)v;
+    return 0;
+}
+
+/* ---- JSON to Lua ---------------------------------------------------------- */
+
+static void push_number(lua_State *L, const consul_json *d, const cJSON *n)
+{
+    int64_t i;
+    uint64_t u;
+    if (consul_json_i64(d, n, &i) == 0)
+        lua_pushinteger(L, (lua_Integer)i);
+    else if (consul_json_u64(d, n, &u) == 0)
+        lua_pushinteger(L, (lua_Integer)(int64_t)u);  /* above 2^63: two's complement */
+    else
+        lua_pushnumber(L, (lua_Number)n->valuedouble);
+}
+
+/* A base64 "Value" is decoded in place in the answer's own tree: base64 only shrinks. */
+void consul_json_push_b64(lua_State *L, cJSON *n)
+{
+    size_t len = strlen(n->valuestring);
+    long got = consul_base64_decode(n->valuestring, len, NULL);
+    if (got < 0) {
+        lua_pushstring(L, n->valuestring);  /* not base64 after all: hand it over as is */
+        return;
+    }
+    consul_base64_decode(n->valuestring, len, (unsigned char *)n->valuestring);
+    lua_pushlstring(L, n->valuestring, (size_t)got);
+}
+
+void consul_json_push(lua_State *L, const consul_json *d, cJSON *n, int flags)
+{
+    cJSON *c;
+    lua_Integer i = 0;
+    if (n == NULL)
+        n = d->root;
+    luaL_checkstack(L, 4, "JSON nested too deep");
+    switch (n->type & 0xff) {
+    case cJSON_False: lua_pushboolean(L, 0); break;
+    case cJSON_True: lua_pushboolean(L, 1); break;
+    case cJSON_NULL: lua_pushlightuserdata(L, NULL_UD); break;
+    case cJSON_Number: push_number(L, d, n); break;
+    case cJSON_String: lua_pushstring(L, n->valuestring); break;
+    case cJSON_Array:
+        lua_createtable(L, cJSON_GetArraySize(n), 0);
+        for (c = n->child; c != NULL; c = c->next) {
+            consul_json_push(L, d, c, flags);
+            lua_rawseti(L, -2, (int)++i);
+        }
+        break;
+    case cJSON_Object:
+        lua_createtable(L, 0, 8);
+        for (c = n->child; c != NULL; c = c->next) {
+            int is_value = (flags & CONSUL_JSON_B64VALUE) && strcmp(c->string, "Value") == 0;
+            if (is_value && cJSON_IsString(c))
+                consul_json_push_b64(L, c);
+            else if (is_value && cJSON_IsNull(c))
+                lua_pushliteral(L, "");  /* Consul writes an empty value as null */
+            else if (cJSON_IsNull(c))
+                continue;  /* an absent field reads as nil */
+            else
+                consul_json_push(L, d, c, flags);
+            lua_setfield(L, -2, c->string);
+        }
+        break;
+    default: lua_pushnil(L); break;
+    }
+}
+
+/* ---- Lua to JSON ---------------------------------------------------------- */
+
+#define ENC_MAXDEPTH 64
+
+typedef struct enc {
+    lua_State *L;
+    consul_buf *b;
+    int arg, flags;
+} enc;
+
+static void enc_oom(enc *e)
+{
+    luaL_error(e->L, "not enough memory");  /* does not return */
+}
+
+static void enc_raw(enc *e, const char *s, size_t n)
+{
+    if (consul_buf_add(e->b, s, n) != 0)
+        enc_oom(e);
+}
+
+static void enc_string(enc *e, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t i, run = 0;
+    enc_raw(e, "\"", 1);
+    for (i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x20 && ch != '"' && ch != '\\' && ch != 0x7f)
+            continue;
+        enc_raw(e, s + run, i - run);
+        run = i + 1;
+        switch (ch) {
+        case '"': enc_raw(e, "\\\"", 2); break;
+        case '\\': enc_raw(e, "\\\\", 2); break;
+        case '\n': enc_raw(e, "\\n", 2); break;
+        case '\r': enc_raw(e, "\\r", 2); break;
+        case '\t': enc_raw(e, "\\t", 2); break;
+        default: {
+            char u[6] = { '\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15] };
+            enc_raw(e, u, 6);
+        }
+        }
+    }
+    enc_raw(e, s + run, n - run);
+    enc_raw(e, "\"", 1);
+}
+
+static void enc_value(enc *e, int idx, const char *key, int depth);
+
+static void enc_number(enc *e, int idx, const char *key)
+{
+    lua_State *L = e->L;
+    char num[64];
+    int n;
+    /* Session TTL and LockDelay given in seconds go out as Go durations. */
+    int duration = key != NULL && (e->flags & CONSUL_JSON_DURATIONS) &&
+                   (strcmp(key, "TTL") == 0 || strcmp(key, "LockDelay") == 0);
+    if (consul_isinteger(L, idx)) {
+        int64_t v = (int64_t)lua_tointeger(L, idx);
+        if (duration)
+            n = snprintf(num, sizeof num, "\"%llds\"", (long long)v);
+        else if (key != NULL && strcmp(key, "Flags") == 0)  /* uint64: above 2^63 is negative */
+            n = snprintf(num, sizeof num, "%llu", (unsigned long long)(uint64_t)v);
+        else
+            n = snprintf(num, sizeof num, "%lld", (long long)v);
+    } else {
+        double v = (double)lua_tonumber(L, idx);
+        if (isnan(v) || isinf(v))
+            luaL_argerror(L, e->arg, "cannot encode NaN or infinity as JSON");
+        n = snprintf(num, sizeof num, duration ? "\"%.9gs\"" : "%.17g", v);
+    }
+    enc_raw(e, num, (size_t)n);
+}
+
+/* 0: an object, n > 0: an array of n, -1: neither (raises). */
+static lua_Integer table_kind(enc *e, int idx)
+{
+    lua_State *L = e->L;
+    lua_Integer count = 0, max = 0;
+    int strings = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            strings = 1;
+        } else if (consul_isinteger(L, -1) && lua_tointeger(L, -1) >= 1) {
+            lua_Integer k = lua_tointeger(L, -1);
+            count++;
+            if (k > max)
+                max = k;
+        } else {
+            lua_pop(L, 1);
+            luaL_argerror(L, e->arg, "JSON object keys must be strings");
+        }
+    }
+    if (strings && count > 0)
+        luaL_argerror(L, e->arg, "cannot encode a table with both array and string keys");
+    if (count > 0 && max != count)
+        luaL_argerror(L, e->arg, "cannot encode a sparse array as JSON");
+    return count;
+}
+
+static void enc_table(enc *e, int idx, int depth)
+{
+    lua_State *L = e->L;
+    lua_Integer n, i;
+    int first = 1;
+    if (depth > ENC_MAXDEPTH)
+        luaL_argerror(L, e->arg, "table nested too deep (a cycle?)");
+    luaL_checkstack(L, 6, "table nested too deep");
+    n = table_kind(e, idx);
+    if (n > 0) {
+        enc_raw(e, "[", 1);
+        for (i = 1; i <= n; i++) {
+            if (i > 1)
+                enc_raw(e, ",", 1);
+            lua_rawgeti(L, idx, (int)i);
+            enc_value(e, lua_gettop(L), NULL, depth + 1);
+            lua_pop(L, 1);
+        }
+        enc_raw(e, "]", 1);
+        return;
+    }
+    enc_raw(e, "{", 1);
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        size_t klen;
+        const char *k = lua_tolstring(L, -2, &klen);  /* a string: table_kind checked */
+        if (!first)
+            enc_raw(e, ",", 1);
+        first = 0;
+        enc_string(e, k, klen);
+        enc_raw(e, ":", 1);
+        enc_value(e, lua_gettop(L), k, depth + 1);
+        lua_pop(L, 1);
+    }
+    enc_raw(e, "}", 1);
+}
+
+static void enc_value(enc *e, int idx, const char *key, int depth)
+{
+    lua_State *L = e->L;
+    size_t n;
+    const char *s;
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL: enc_raw(e, "null", 4); break;
+    case LUA_TBOOLEAN:
+        if (lua_toboolean(L, idx))
+            enc_raw(e, "true", 4);
+        else
+            enc_raw(e, "false", 5);
+        break;
+    case LUA_TNUMBER: enc_number(e, idx, key); break;
+    case LUA_TSTRING:
+        s = lua_tolstring(L, idx, &n);
+        if (key != NULL && (e->flags & CONSUL_JSON_B64VALUE) && strcmp(key, "Value") == 0) {
+            enc_raw(e, "\"", 1);
+            if (consul_buf_add_base64(e->b, (const unsigned char *)s, n) != 0)
+                enc_oom(e);
+            enc_raw(e, "\"", 1);
+        } else {
+            enc_string(e, s, n);
+        }
+        break;
+    case LUA_TTABLE: enc_table(e, idx, depth); break;
+    case LUA_TLIGHTUSERDATA:
+        if (lua_touserdata(L, idx) == NULL_UD) {
+            enc_raw(e, "null", 4);
+            break;
+        }
+        if (lua_touserdata(L, idx) == EMPTY_ARRAY_UD) {
+            enc_raw(e, "[]", 2);
+            break;
+        }
+        /* fall through */
+    default:
+        lua_pushfstring(L, "cannot encode a %s as JSON", luaL_typename(L, idx));
+        luaL_argerror(L, e->arg, lua_tostring(L, -1));
+    }
+}
+
+void consul_json_encode(lua_State *L, int idx, int arg, consul_buf *b, int flags)
+{
+    enc e;
+    e.L = L;
+    e.b = b;
+    e.arg = arg;
+    e.flags = flags;
+    enc_value(&e, consul_absindex(L, idx), NULL, 0);
+}
+
+int consul_json_null(lua_State *L)
+{
+    lua_pushlightuserdata(L, NULL_UD);
+    return 1;
+}
+
+int consul_json_empty_array(lua_State *L)
+{
+    lua_pushlightuserdata(L, EMPTY_ARRAY_UD);
+    return 1;
+}
+
+void consul_json_open(lua_State *L)
+{
+    consul_json_null(L);
+    lua_setfield(L, -2, "null");
+    consul_json_empty_array(L);
+    lua_setfield(L, -2, "empty_array");
+}
