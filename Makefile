@@ -13,7 +13,7 @@ WARN      = -std=c99 -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-protot
             -Wwrite-strings -Werror -Werror=implicit-function-declaration
 OPT      ?= -O2 -g
 LIBS_CFLAGS = $$(pkg-config --cflags libcurl libcjson)
-LIBS_LDFLAGS = $$(pkg-config --libs libcurl libcjson) -lpthread
+LIBS_LDFLAGS = $$(pkg-config --libs libcurl libcjson) -lpthread -ldl
 SRC       = $(wildcard csrc/*.c)
 HDR       = $(wildcard csrc/*.h)
 BUSTED    = busted --output=utfTerminal
@@ -66,8 +66,9 @@ demo: all
 	scripts/with-agent.sh env $(PATHS54) lua5.4 examples/demo.lua
 
 bench: all
-	@mkdir -p build
-	$(CC) -std=c99 -O2 -o build/rawbench bench/rawbench.c $(LIBS_CFLAGS) $(LIBS_LDFLAGS)
+	@mkdir -p build/bench
+	$(CC) -std=c99 -O2 -Wall -Wextra -o build/rawbench bench/rawbench.c $(LIBS_CFLAGS) $(LIBS_LDFLAGS)
+	$(CC) -std=c99 -O2 -Wall -Wextra -fPIC -shared $(LUA54_INC) -o build/bench/benchutil.so bench/benchutil.c
 	scripts/with-agent.sh env $(PATHS54) lua5.4 bench/bench.lua build/rawbench
 
 # The whole suite under valgrind: no leaks, no errors (lua5.4 itself is clean).

@@ -695,23 +695,10 @@ void consul_push_meta(lua_State *L, const consul_resp *rs)
 int consul_push_failure(lua_State *L, consul_client *c, const consul_call *call,
                         const consul_resp *rs)
 {
+    char msg[1024];
+    consul_format_failure(msg, sizeof msg, call->method, c->path.data, rs);
     lua_pushnil(L);
-    if (rs->code == CONSUL_EHTTP) {
-        /* Consul's own text says why: its first line, trimmed. */
-        const char *b = rs->body ? rs->body : "";
-        size_t n = strcspn(b, "\r\n");
-        while (n > 0 && isspace((unsigned char)b[n - 1]))
-            n--;
-        if (n > 300)
-            n = 300;
-        lua_pushfstring(L, "consul: %s %s: %d ", call->method, c->path.data, (int)rs->status);
-        lua_pushlstring(L, b, n);
-        lua_concat(L, 2);
-    } else if (rs->code == CONSUL_EDECODE) {
-        lua_pushfstring(L, "consul: %s %s: malformed JSON answer", call->method, c->path.data);
-    } else {
-        lua_pushfstring(L, "consul: %s %s: %s", call->method, c->path.data, rs->error);
-    }
+    lua_pushstring(L, msg);
     consul_push_meta(L, rs);
     return 3;
 }

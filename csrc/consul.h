@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 #include <cjson/cJSON.h>
 #include <curl/curl.h>
 
@@ -147,6 +148,13 @@ int consul_http_init(consul_http *h, consul_conf *conf);
 void consul_http_release(consul_http *h);  /* idempotent */
 /* Never raises, never touches Lua. Returns rs->code. */
 int consul_http_perform(consul_http *h, const consul_req *rq, consul_resp *rs);
+/* The same through a multi handle, so that curl_multi_wakeup and *stop end it at once
+ * (then rs->code is CONSUL_OK and rs->status 0). */
+int consul_http_perform_multi(consul_http *h, CURLM *m, const consul_req *rq, consul_resp *rs,
+                              const int *stop);
+/* "consul: METHOD /path: why" for a failed rs, into out. */
+void consul_format_failure(char *out, size_t n, const char *method, const char *path,
+                           const consul_resp *rs);
 
 /* ---- json.c ------------------------------------------------------------ */
 
@@ -237,6 +245,55 @@ void consul_push_meta(lua_State *L, const consul_resp *rs);
 int consul_push_failure(lua_State *L, consul_client *c, const consul_call *call,
                         const consul_resp *rs);
 void consul_client_open(lua_State *L);  /* module table at -1 */
+
+/* ---- lock.c, renew.c ------------------------------------------------------ */
+
+#define CONSUL_LOCK_MT "consul.Lock"
+
+/* A lock's C state. Owned by reference count: the Lua object holds one reference and the
+ * background thread another, so a lock collected by Lua is still released by its thread. */
+typedef struct consul_lock {
+    int refs;                 /* atomic */
+    consul_conf *conf;
+    consul_http http;         /* the thread's handle; release's too once the thread is gone */
+    CURLM *multi;             /* the thread's: curl_multi_wakeup interrupts it */
+    char *key, *path;         /* the raw key; "/v1/kv/<escaped key>" */
+    char *value;
+    size_t value_len;
+    uint64_t flags;           /* CONSUL_LOCK_FLAG */
+    char session[64];         /* "" when none */
+    int own_session;          /* created by the lock: destroyed by it */
+    /* the definition of a session the lock creates */
+    char *name;
+    int64_t ttl_def_ms, lock_delay_ms;
+    int behavior_delete;
+    /* while held */
+    uint64_t fence;
+    int64_t ttl_ms;           /* atomic: the session's TTL as Consul last reported it; 0 none */
+    int64_t lease_ms;         /* atomic: when the session was last renewed (monotonic) */
+    int held;                 /* atomic */
+    int lost;                 /* atomic: the thread saw it go */
+    int stop;                 /* atomic: the thread must end */
+    int release_on_stop;      /* atomic: ... releasing the lock first */
+    int running;              /* a thread exists (joinable unless detached) */
+    int detached;
+    pthread_t thread;
+    struct consul_lock *next, *prev;  /* the registry of running threads */
+} consul_lock;
+
+consul_lock *consul_lock_new(consul_conf *cf);  /* NULL: out of memory */
+void consul_lock_unref(consul_lock *lk);
+/* Starts the renew-and-watch thread for a lock just acquired. 0 ok. */
+int consul_renew_start(consul_lock *lk);
+/* Ends the thread: with release, it releases the lock first. With wait, returns once the
+ * thread has ended; else returns at once (a finalizer's way) and the thread ends alone. */
+void consul_renew_stop(consul_lock *lk, int release, int wait);
+void consul_renew_atexit_once(void);
+/* Releases the key and destroys an own session, over h. 0 ok, else rs->code; msg filled. */
+int consul_lock_release_now(consul_lock *lk, consul_http *h, consul_resp *rs, char *msg,
+                            size_t n);
+int consul_lock_held(consul_lock *lk);
+void consul_lock_open(lua_State *L);  /* module table at -1 */
 
 /* ---- routes.c ---------------------------------------------------------- */
 

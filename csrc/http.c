@@ -313,13 +313,13 @@ static int map_error(consul_http *h, CURLcode rc, consul_resp *rs)
     }
 }
 
-int consul_http_perform(consul_http *h, const consul_req *rq, consul_resp *rs)
+/* Sets the handle up for rq; 0 ok, else rs->code. */
+static int prepare(consul_http *h, const consul_req *rq, consul_resp *rs)
 {
     consul_conf *cf = h->conf;
     CURL *e = h->easy;
     const char *token = rq->token != NULL ? rq->token : cf->token;
     long timeout = rq->timeout_ms > 0 ? rq->timeout_ms : cf->timeout_ms;
-    CURLcode rc;
 
     memset(rs, 0, sizeof *rs);
     rs->known_leader = -1;
@@ -364,8 +364,12 @@ int consul_http_perform(consul_http *h, const consul_req *rq, consul_resp *rs)
     /* A blocking query may hold the answer for its wait, plus Consul's jitter of wait/16. */
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout + rq->wait_ms + rq->wait_ms / 16);
     curl_easy_setopt(e, CURLOPT_NOPROGRESS, rq->cancel != NULL ? 0L : 1L);
+    return 0;
+}
 
-    rc = curl_easy_perform(e);
+static int finish(consul_http *h, const consul_req *rq, CURLcode rc, consul_resp *rs)
+{
+    CURL *e = h->easy;
     curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &rs->connects);
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &rs->status);
     h->rq = NULL;
@@ -381,4 +385,53 @@ int consul_http_perform(consul_http *h, const consul_req *rq, consul_resp *rs)
     else
         map_error(h, rc, rs);
     return rs->code;
+}
+
+int consul_http_perform(consul_http *h, const consul_req *rq, consul_resp *rs)
+{
+    if (prepare(h, rq, rs) != 0)
+        return rs->code;
+    return finish(h, rq, curl_easy_perform(h->easy), rs);
+}
+
+int consul_http_perform_multi(consul_http *h, CURLM *m, const consul_req *rq, consul_resp *rs,
+                              const int *stop)
+{
+    CURLcode rc = CURLE_ABORTED_BY_CALLBACK;
+    CURLMsg *msg;
+    int running = 1, left;
+    if (prepare(h, rq, rs) != 0)
+        return rs->code;
+    if (curl_multi_add_handle(m, h->easy) != CURLM_OK)
+        return finish(h, rq, CURLE_OUT_OF_MEMORY, rs);
+    while (running && !__atomic_load_n(stop, __ATOMIC_ACQUIRE)) {
+        if (curl_multi_perform(m, &running) != CURLM_OK)
+            break;
+        if (running && curl_multi_poll(m, NULL, 0, 1000, NULL) != CURLM_OK)
+            break;
+    }
+    while ((msg = curl_multi_info_read(m, &left)) != NULL)
+        if (msg->msg == CURLMSG_DONE && msg->easy_handle == h->easy)
+            rc = msg->data.result;
+    curl_multi_remove_handle(m, h->easy);
+    return finish(h, rq, rc, rs);
+}
+
+void consul_format_failure(char *out, size_t n, const char *method, const char *path,
+                           const consul_resp *rs)
+{
+    if (rs->code == CONSUL_EHTTP) {
+        /* Consul's own text says why: its first line, trimmed. */
+        const char *b = rs->body ? rs->body : "";
+        int len = (int)strcspn(b, "\r\n");
+        while (len > 0 && (b[len - 1] == ' ' || b[len - 1] == '\t'))
+            len--;
+        if (len > 300)
+            len = 300;
+        snprintf(out, n, "consul: %s %s: %ld %.*s", method, path, rs->status, len, b);
+    } else if (rs->code == CONSUL_EDECODE) {
+        snprintf(out, n, "consul: %s %s: malformed JSON answer", method, path);
+    } else {
+        snprintf(out, n, "consul: %s %s: %s", method, path, rs->error);
+    }
 }

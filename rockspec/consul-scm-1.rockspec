@@ -27,9 +27,9 @@ build = {
       ["consul.core"] = {
          sources = {
             "csrc/buf.c", "csrc/client.c", "csrc/http.c", "csrc/json.c", "csrc/kv.c",
-            "csrc/module.c", "csrc/routes.c",
+            "csrc/lock.c", "csrc/module.c", "csrc/renew.c", "csrc/routes.c",
          },
-         libraries = { "curl", "cjson", "pthread" },
+         libraries = { "curl", "cjson", "pthread", "dl" },
          incdirs = { "$(CURL_INCDIR)", "$(CJSON_INCDIR)" },
          libdirs = { "$(CURL_LIBDIR)", "$(CJSON_LIBDIR)" },
       },

@@ -1,0 +1,674 @@
+/*
+ * lock.c: distributed locks, in the wire format of Consul's own `consul lock` and Go client
+ * (api/lock.go): the key carries Flags 0x2ddccbc058a50c18 and the holder's session.
+ *
+ * Acquire (in the caller's thread, over the client's connection): read the key; other flags
+ * is a conflict; our session means held; another session means wait for the key to change
+ * with a blocking query; free means take it. Taking it is one transaction (lock + the entry
+ * back), so the fence (the key's ModifyIndex with our session in it) costs no extra request.
+ * A refused take with no holder is lock-delay: wait it out, do not spin. A session the lock
+ * created is renewed while waiting, and destroyed when the attempt fails.
+ *
+ * Once held, renew.c's thread keeps the session alive and watches the key. Release is
+ * PUT ?release=<session>&flags=<lock flags> with the value, as Go's Unlock does (a PUT
+ * without flags would reset them to 0), then destroying a session the lock created.
+ */
+#include "consul.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define MAX_WAIT_MS 300000
+
+typedef struct attempt {
+    consul_http *h;
+    consul_json doc;
+    consul_resp rs;
+    consul_buf body;
+    char msg[1024];
+    const char *method, *path;  /* of the last request, for messages */
+} attempt;
+
+static int lk_send(attempt *a, const char *method, const char *path, const char *query,
+                const char *body, size_t blen, long wait_ms)
+{
+    consul_req rq;
+    memset(&rq, 0, sizeof rq);
+    rq.method = method;
+    rq.path = path;
+    rq.query = query;
+    rq.body = body;
+    rq.body_len = blen;
+    rq.content_type = "application/json";
+    rq.wait_ms = wait_ms;
+    a->method = method;
+    a->path = path;
+    consul_json_free(&a->doc);
+    return consul_http_perform(a->h, &rq, &a->rs);
+}
+
+static int failed(attempt *a)
+{
+    consul_format_failure(a->msg, sizeof a->msg, a->method, a->path, &a->rs);
+    return a->rs.code;
+}
+
+static int parse(attempt *a)
+{
+    if (consul_json_parse(&a->doc, a->rs.body, a->rs.body_len) != 0) {
+        a->rs.code = CONSUL_EDECODE;
+        return failed(a);
+    }
+    return CONSUL_OK;
+}
+
+static void millisleep(int64_t ms)
+{
+    struct timespec ts;
+    if (ms <= 0)
+        return;
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+static int session_create(consul_lock *lk, attempt *a)
+{
+    cJSON *id;
+    consul_buf_reset(&a->body);
+    if (consul_buf_adds(&a->body, "{\"Name\":\"") != 0 ||
+        consul_buf_adds(&a->body, lk->name) != 0 ||  /* checked: no quote or backslash */
+        consul_buf_addf(&a->body, "\",\"TTL\":\"%lldms\",\"LockDelay\":\"%lldms\",\"Behavior\":\"%s\"}",
+                        (long long)lk->ttl_def_ms, (long long)lk->lock_delay_ms,
+                        lk->behavior_delete ? "delete" : "release") != 0)
+        return CONSUL_ENOMEM;
+    if (lk_send(a, "PUT", "/v1/session/create", NULL, a->body.data, a->body.len, 0) != CONSUL_OK)
+        return failed(a);
+    if (parse(a) != CONSUL_OK)
+        return a->rs.code;
+    id = cJSON_GetObjectItemCaseSensitive(a->doc.root, "ID");
+    if (!cJSON_IsString(id) || strlen(id->valuestring) >= sizeof lk->session) {
+        a->rs.code = CONSUL_EDECODE;
+        return failed(a);
+    }
+    strcpy(lk->session, id->valuestring);
+    lk->own_session = 1;
+    STORE(&lk->ttl_ms, lk->ttl_def_ms);
+    STORE(&lk->lease_ms, consul_now_ms());
+    return CONSUL_OK;
+}
+
+static void session_destroy(consul_lock *lk, attempt *a)
+{
+    char path[128];
+    if (lk->own_session && lk->session[0]) {
+        snprintf(path, sizeof path, "/v1/session/destroy/%s", lk->session);
+        lk_send(a, "PUT", path, NULL, NULL, 0, 0);
+    }
+    lk->session[0] = '\0';
+    lk->own_session = 0;
+}
+
+/* Renews the session while waiting; CONSUL_OK, or a failure (the session is gone). */
+static int session_renew(consul_lock *lk, attempt *a)
+{
+    char path[128];
+    cJSON *ttl;
+    snprintf(path, sizeof path, "/v1/session/renew/%s", lk->session);
+    if (lk_send(a, "PUT", path, NULL, NULL, 0, 0) != CONSUL_OK)
+        return failed(a);
+    STORE(&lk->lease_ms, consul_now_ms());
+    if (parse(a) == CONSUL_OK && cJSON_IsArray(a->doc.root) &&
+        (ttl = cJSON_GetObjectItemCaseSensitive(a->doc.root->child, "TTL")) != NULL &&
+        cJSON_IsString(ttl) && consul_duration_ms(ttl->valuestring) > 0)
+        STORE(&lk->ttl_ms, consul_duration_ms(ttl->valuestring));
+    return CONSUL_OK;
+}
+
+/* The LockDelay of another session, in ms; -1 when unknown. */
+static int64_t session_lock_delay(attempt *a, const char *id)
+{
+    char path[128];
+    int64_t ns;
+    cJSON *d;
+    snprintf(path, sizeof path, "/v1/session/info/%s", id);
+    if (lk_send(a, "GET", path, NULL, NULL, 0, 0) != CONSUL_OK || parse(a) != CONSUL_OK ||
+        !cJSON_IsArray(a->doc.root) || a->doc.root->child == NULL)
+        return -1;
+    d = cJSON_GetObjectItemCaseSensitive(a->doc.root->child, "LockDelay");
+    if (consul_json_i64(&a->doc, d, &ns) != 0)
+        return -1;
+    return ns / 1000000;
+}
+
+/* One transaction: lock the key with our session, flags and value; 1 taken (fence set),
+ * 0 refused, or a failure code (negative). */
+static int take(consul_lock *lk, attempt *a)
+{
+    cJSON *kv;
+    uint64_t mi;
+    consul_buf_reset(&a->body);
+    if (consul_buf_adds(&a->body, "[{\"KV\":{\"Verb\":\"lock\",\"Key\":") != 0)
+        return -CONSUL_ENOMEM;
+    {
+        /* the key as a JSON string: escape what JSON needs */
+        const char *k;
+        if (consul_buf_add(&a->body, "\"", 1) != 0)
+            return -CONSUL_ENOMEM;
+        for (k = lk->key; *k; k++) {
+            unsigned char ch = (unsigned char)*k;
+            int rc = ch == '"' || ch == '\\' ? consul_buf_addf(&a->body, "\\%c", ch)
+                     : ch < 0x20            ? consul_buf_addf(&a->body, "\\u%04x", ch)
+                                            : consul_buf_add(&a->body, k, 1);
+            if (rc != 0)
+                return -CONSUL_ENOMEM;
+        }
+    }
+    if (consul_buf_addf(&a->body, "\",\"Flags\":%llu,\"Session\":\"%s\",\"Value\":\"",
+                        (unsigned long long)lk->flags, lk->session) != 0 ||
+        consul_buf_add_base64(&a->body, (const unsigned char *)lk->value, lk->value_len) != 0 ||
+        consul_buf_adds(&a->body, "\"}}]") != 0)
+        return -CONSUL_ENOMEM;
+    lk_send(a, "PUT", "/v1/txn", NULL, a->body.data, a->body.len, 0);
+    if (a->rs.status == 409)
+        return 0;  /* refused: held, or lock-delay */
+    if (a->rs.code != CONSUL_OK)
+        return -failed(a);
+    if (parse(a) != CONSUL_OK)
+        return -a->rs.code;
+    kv = cJSON_GetObjectItemCaseSensitive(a->doc.root, "Results");
+    kv = cJSON_IsArray(kv) && kv->child ? cJSON_GetObjectItemCaseSensitive(kv->child, "KV") : NULL;
+    if (consul_json_u64(&a->doc, cJSON_GetObjectItemCaseSensitive(kv, "ModifyIndex"), &mi) != 0) {
+        a->rs.code = CONSUL_EDECODE;
+        return -failed(a);
+    }
+    lk->fence = mi;
+    return 1;
+}
+
+/* Acquires lk over h, waiting wait_ms (-1: for ever, 0: one try). CONSUL_OK when held. */
+static int acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
+{
+    int64_t start = consul_now_ms(), now;
+    int64_t deadline = wait_ms < 0 ? INT64_MAX : start + wait_ms;
+    int64_t next_renew, holder_delay = -1, freed_at = 0;
+    uint64_t index = 0;
+    char holder[64] = "";
+    int tries = 0, refused = 0, rc;
+
+    if (lk->session[0] == '\0' && (rc = session_create(lk, a)) != CONSUL_OK)
+        return rc;
+    next_renew = LOAD(&lk->lease_ms) + LOAD(&lk->ttl_ms) / 2;
+
+    for (;;) {
+        char query[96] = "";
+        long w = 0;
+        cJSON *rec = NULL, *s, *f;
+        uint64_t flags;
+
+        now = consul_now_ms();
+        if (tries > 0 && now >= deadline)
+            goto timeout;
+        if (lk->own_session && LOAD(&lk->ttl_ms) > 0 && now >= next_renew) {
+            if ((rc = session_renew(lk, a)) != CONSUL_OK)
+                return rc;
+            next_renew = now + LOAD(&lk->ttl_ms) / 2;
+        }
+        tries++;
+        if (index > 0) {
+            int64_t left = deadline - now;
+            if (lk->own_session && next_renew - now < left)
+                left = next_renew - now;
+            w = (long)(left > MAX_WAIT_MS ? MAX_WAIT_MS : left < 1 ? 1 : left);
+            snprintf(query, sizeof query, "index=%llu&wait=%ldms", (unsigned long long)index, w);
+        }
+        lk_send(a, "GET", lk->path, query, NULL, 0, w);
+        if (a->rs.code != CONSUL_OK && a->rs.status != 404)
+            return failed(a);
+        if (a->rs.status == 200) {
+            if (parse(a) != CONSUL_OK)
+                return a->rs.code;
+            rec = cJSON_IsArray(a->doc.root) ? a->doc.root->child : NULL;
+        }
+        if (rec != NULL) {
+            f = cJSON_GetObjectItemCaseSensitive(rec, "Flags");
+            if (consul_json_u64(&a->doc, f, &flags) != 0 || flags != lk->flags) {
+                snprintf(a->msg, sizeof a->msg,
+                         "consul: lock %s: the key exists and is not a lock (flags %llu)",
+                         lk->key, (unsigned long long)flags);
+                return CONSUL_ECONFLICT;
+            }
+            s = cJSON_GetObjectItemCaseSensitive(rec, "Session");
+            if (cJSON_IsString(s) && strcmp(s->valuestring, lk->session) == 0) {
+                uint64_t mi;
+                if (consul_json_u64(&a->doc, cJSON_GetObjectItemCaseSensitive(rec, "ModifyIndex"),
+                                    &mi) == 0)
+                    lk->fence = mi;
+                return CONSUL_OK;  /* ours already */
+            }
+            if (cJSON_IsString(s) && s->valuestring[0] != '\0') {
+                /* Held by another: wait for the key to change. */
+                if (wait_ms == 0)
+                    goto timeout;
+                if (strcmp(holder, s->valuestring) != 0 && strlen(s->valuestring) < sizeof holder) {
+                    strcpy(holder, s->valuestring);
+                    holder_delay = session_lock_delay(a, holder);
+                }
+                freed_at = 0;
+                index = a->rs.has_index ? a->rs.index : 0;
+                continue;
+            }
+        }
+        /* Free. */
+        if (holder[0] != '\0' && freed_at == 0)
+            freed_at = now;
+        if (refused) {
+            /* Refused with no holder: the last holder's lock-delay. Wait it out. */
+            int64_t until = holder_delay >= 0 && freed_at > 0 ? freed_at + holder_delay + 10
+                                                              : now + 250;
+            if (until <= now)
+                until = now + 250;
+            if (until > deadline)
+                until = deadline;
+            if (lk->own_session && until > next_renew)
+                until = next_renew;
+            millisleep(until - now);
+            refused = 0;
+            index = 0;
+            continue;
+        }
+        rc = take(lk, a);
+        if (rc == 1)
+            return CONSUL_OK;
+        if (rc < 0)
+            return -rc;
+        if (wait_ms == 0)
+            goto timeout;
+        refused = 1;
+        index = 0;
+    }
+
+timeout:
+    if (holder[0] != '\0')
+        snprintf(a->msg, sizeof a->msg, "consul: lock %s: not acquired in %.3g s: held by session %s",
+                 lk->key, (double)wait_ms / 1000, holder);
+    else
+        snprintf(a->msg, sizeof a->msg, "consul: lock %s: not acquired in %.3g s", lk->key,
+                 (double)wait_ms / 1000);
+    return CONSUL_ETIMEOUT;
+}
+
+int consul_lock_release_now(consul_lock *lk, consul_http *h, consul_resp *rs, char *msg,
+                            size_t n)
+{
+    attempt a;
+    char query[160];
+    int rc = CONSUL_OK;
+    memset(&a, 0, sizeof a);
+    a.h = h;
+    STORE(&lk->held, 0);
+    if (lk->session[0] != '\0') {
+        snprintf(query, sizeof query, "release=%s&flags=%llu", lk->session,
+                 (unsigned long long)lk->flags);
+        if (lk_send(&a, "PUT", lk->path, query, lk->value ? lk->value : "", lk->value_len, 0) !=
+            CONSUL_OK) {
+            rc = failed(&a);
+            *rs = a.rs;
+        }
+        session_destroy(lk, &a);
+        if (rc == CONSUL_OK && a.rs.code != CONSUL_OK && lk->own_session) {
+            rc = failed(&a);
+            *rs = a.rs;
+        }
+    }
+    snprintf(msg, n, "%s", rc == CONSUL_OK ? "" : a.msg);
+    consul_json_release(&a.doc);
+    consul_buf_free(&a.body);
+    return rc;
+}
+
+/* ---- Lua ------------------------------------------------------------------- */
+
+typedef struct lock_ud {
+    consul_lock *lk;
+} lock_ud;
+
+static consul_lock *checklock(lua_State *L, int idx)
+{
+    lock_ud *u = luaL_checkudata(L, idx, CONSUL_LOCK_MT);
+    if (u->lk == NULL)
+        luaL_error(L, "consul lock is gone");
+    return u->lk;
+}
+
+/* The handle to talk over: the client's while it is open, else the lock's own. */
+static consul_http *lock_handle(lua_State *L, int idx, consul_lock *lk)
+{
+    consul_client *c;
+    consul_getuservalue(L, idx);
+    c = consul_testudata(L, -1, CONSUL_CLIENT_MT);
+    lua_pop(L, 1);
+    return c != NULL && !c->closed ? &c->http : &lk->http;
+}
+
+static int64_t opt_seconds_ms(lua_State *L, int idx, const char *name, int64_t dflt)
+{
+    int64_t ms = dflt;
+    lua_getfield(L, idx, name);
+    if (lua_type(L, -1) == LUA_TNUMBER) {
+        lua_Number s = lua_tonumber(L, -1);
+        if (!(s >= 0 && s <= 86400 * 365))
+            luaL_error(L, "bad option '%s' (seconds >= 0 expected)", name);
+        ms = (int64_t)(s * 1000 + 0.5);
+    } else if (lua_type(L, -1) == LUA_TSTRING) {
+        ms = consul_duration_ms(lua_tostring(L, -1));
+        if (ms < 0)
+            luaL_error(L, "bad option '%s' (a duration like \"15s\" expected)", name);
+    } else if (!lua_isnil(L, -1)) {
+        luaL_error(L, "bad option '%s' (seconds or a duration expected)", name);
+    }
+    lua_pop(L, 1);
+    return ms;
+}
+
+static const char *const lock_options[] = { "wait", "value", "session", "ttl", "lock_delay",
+                                            "behavior", "name", NULL };
+
+static void check_names(lua_State *L, int idx, const char *const *names)
+{
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        int i, known = 0;
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TSTRING)
+            for (i = 0; names[i] != NULL && !known; i++)
+                known = strcmp(names[i], lua_tostring(L, -1)) == 0;
+        if (!known)
+            luaL_error(L, "bad option '%s' (unknown option)",
+                       lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
+    }
+}
+
+static void set_copy(lua_State *L, char **field, const char *s, size_t n)
+{
+    char *p = malloc(n + 1);
+    if (p == NULL)
+        luaL_error(L, "not enough memory");
+    memcpy(p, s, n);
+    p[n] = '\0';
+    free(*field);
+    *field = p;
+}
+
+/* Reads the options at idx into lk (raises on bad ones); returns wait in ms (-1: for ever). */
+static int64_t lock_configure(lua_State *L, int idx, consul_lock *lk, int first)
+{
+    int64_t wait_ms = -1;
+    size_t n;
+    const char *s;
+    if (lua_isnoneornil(L, idx)) {
+        if (first) {
+            set_copy(L, &lk->name, "Lua lock", 8);
+            lk->ttl_def_ms = 15000;
+            lk->lock_delay_ms = 15000;
+        }
+        return -1;
+    }
+    luaL_checktype(L, idx, LUA_TTABLE);
+    check_names(L, idx, lock_options);
+    lua_getfield(L, idx, "wait");
+    if (!lua_isnil(L, -1)) {
+        lua_Number w = lua_tonumber(L, -1);
+        if (lua_type(L, -1) != LUA_TNUMBER || !(w >= 0))
+            luaL_error(L, "bad option 'wait' (seconds >= 0 expected)");
+        wait_ms = (int64_t)(w * 1000 + 0.5);
+    }
+    lua_pop(L, 1);
+    if (!first)
+        return wait_ms;
+
+    lua_getfield(L, idx, "value");
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_error(L, "bad option 'value' (string expected)");
+        s = lua_tolstring(L, -1, &n);
+        set_copy(L, &lk->value, s, n);
+        lk->value_len = n;
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, idx, "session");
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TSTRING || consul_rawlen(L, -1) == 0 ||
+            consul_rawlen(L, -1) >= sizeof lk->session ||
+            strspn(lua_tostring(L, -1), "0123456789abcdefABCDEF-") != consul_rawlen(L, -1))
+            luaL_error(L, "bad option 'session' (a session ID expected)");
+        strcpy(lk->session, lua_tostring(L, -1));
+        lk->own_session = 0;
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, idx, "name");
+    s = lua_isnil(L, -1) ? "Lua lock" : lua_tostring(L, -1);
+    if (s == NULL || lua_type(L, -1) == LUA_TNUMBER || strpbrk(s, "\"\\") != NULL ||
+        strspn(s, "\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10\x11\x12"
+                  "\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f") != 0)
+        luaL_error(L, "bad option 'name' (a string without quotes or backslashes expected)");
+    set_copy(L, &lk->name, s, strlen(s));
+    lua_pop(L, 1);
+    lk->ttl_def_ms = opt_seconds_ms(L, idx, "ttl", 15000);
+    lk->lock_delay_ms = opt_seconds_ms(L, idx, "lock_delay", 15000);
+    lua_getfield(L, idx, "behavior");
+    s = lua_isnil(L, -1) ? "release" : lua_tostring(L, -1);
+    if (s == NULL || (strcmp(s, "release") != 0 && strcmp(s, "delete") != 0))
+        luaL_error(L, "bad option 'behavior' (\"release\" or \"delete\" expected)");
+    lk->behavior_delete = strcmp(s, "delete") == 0;
+    lua_pop(L, 1);
+    return wait_ms;
+}
+
+/* Runs one acquire for the lock object at 1; returns lock | nil, err, meta. */
+static int lock_run_acquire(lua_State *L, consul_lock *lk, int64_t wait_ms)
+{
+    attempt a;
+    int rc;
+    memset(&a, 0, sizeof a);
+    a.h = lock_handle(L, 1, lk);
+    rc = acquire(lk, &a, wait_ms);
+    if (rc == CONSUL_OK && consul_renew_start(lk) != 0) {
+        snprintf(a.msg, sizeof a.msg, "consul: lock %s: cannot start the renew thread", lk->key);
+        rc = CONSUL_ENOMEM;
+    }
+    if (rc != CONSUL_OK) {
+        consul_resp keep = a.rs;
+        if (lk->own_session)
+            session_destroy(lk, &a);  /* a failed attempt leaks nothing */
+        consul_json_release(&a.doc);
+        consul_buf_free(&a.body);
+        lua_pushnil(L);
+        lua_pushstring(L, a.msg[0] ? a.msg : "consul: lock failed");
+        keep.code = rc;
+        consul_push_meta(L, &keep);
+        if (rc == CONSUL_ETIMEOUT || rc == CONSUL_ECONFLICT) {
+            lua_pushnil(L);
+            lua_setfield(L, -2, "status");  /* not an HTTP failure */
+        }
+        return 3;
+    }
+    consul_json_release(&a.doc);
+    consul_buf_free(&a.body);
+    STORE(&lk->held, 1);
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* c:lock(key[, opts]) --> lock | nil, err, meta */
+static int client_lock(lua_State *L)
+{
+    consul_client *c = consul_checkclient(L, 1);
+    lock_ud *u;
+    consul_lock *lk;
+    size_t n;
+    const char *key;
+    int64_t wait_ms;
+    consul_buf path = CONSUL_BUF_INIT;
+
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return luaL_argerror(L, 2, lua_pushfstring(L, "string expected, got %s",
+                                                   luaL_typename(L, 2)));
+    key = lua_tolstring(L, 2, &n);
+    while (n > 0 && *key == '/')
+        key++, n--;
+    if (n == 0 || strlen(key) != n)
+        return luaL_argerror(L, 2, "a non-empty key without NUL bytes expected");
+    lua_settop(L, 3);
+
+    u = consul_newuserdata(L, sizeof *u);          /* c, key, opts, ud */
+    u->lk = NULL;
+    luaL_getmetatable(L, CONSUL_LOCK_MT);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, 1);
+    consul_setuservalue(L, -2);                    /* the lock keeps its client alive */
+    u->lk = lk = consul_lock_new(c->conf);
+    if (lk == NULL)
+        return luaL_error(L, "not enough memory");
+    set_copy(L, &lk->key, key, n);
+    if (consul_buf_adds(&path, "/v1/kv/") != 0 || consul_buf_add_escaped(&path, key, n, 1) != 0) {
+        consul_buf_free(&path);
+        return luaL_error(L, "not enough memory");
+    }
+    lk->path = path.data;  /* ownership moves to the lock */
+    wait_ms = lock_configure(L, 3, lk, 1);
+    lua_replace(L, 1);                             /* ud, key, opts */
+    lua_settop(L, 1);
+    return lock_run_acquire(L, lk, wait_ms);
+}
+
+/* lock:acquire([opts]): takes a released or lost lock again */
+static int lock_acquire(lua_State *L)
+{
+    consul_lock *lk = checklock(L, 1);
+    int64_t wait_ms = lock_configure(L, 2, lk, 0);
+    if (consul_lock_held(lk))
+        return lua_settop(L, 1), 1;
+    consul_renew_stop(lk, 0, 1);  /* a lost lock's thread */
+    STORE(&lk->held, 0);
+    lua_settop(L, 1);
+    return lock_run_acquire(L, lk, wait_ms);
+}
+
+/* lock:release() --> true | nil, err, meta (idempotent) */
+static int lock_release(lua_State *L)
+{
+    consul_lock *lk = checklock(L, 1);
+    consul_resp rs;
+    char msg[1024];
+    consul_renew_stop(lk, 0, 1);
+    if (lk->session[0] == '\0' || (!LOAD(&lk->held) && !lk->own_session)) {
+        STORE(&lk->held, 0);
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    if (consul_lock_release_now(lk, lock_handle(L, 1, lk), &rs, msg, sizeof msg) != CONSUL_OK) {
+        lua_pushnil(L);
+        lua_pushstring(L, msg);
+        consul_push_meta(L, &rs);
+        return 3;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int lock_held(lua_State *L)
+{
+    lua_pushboolean(L, consul_lock_held(checklock(L, 1)));
+    return 1;
+}
+
+/* __gc: hands a held lock to its thread to release; never blocks, never raises. */
+static int lock_gc(lua_State *L)
+{
+    lock_ud *u = luaL_checkudata(L, 1, CONSUL_LOCK_MT);
+    if (u->lk != NULL) {
+        consul_renew_stop(u->lk, 1, 0);
+        consul_lock_unref(u->lk);
+        u->lk = NULL;
+    }
+    return 0;
+}
+
+/* __close: releases at scope exit, and never raises (an error there would mask the
+ * block's own). */
+static int lock_close(lua_State *L)
+{
+    lock_ud *u = luaL_checkudata(L, 1, CONSUL_LOCK_MT);
+    if (u->lk != NULL) {
+        lua_settop(L, 1);
+        lock_release(L);
+    }
+    return 0;
+}
+
+static int lock_index(lua_State *L)
+{
+    consul_lock *lk = checklock(L, 1);
+    const char *k = luaL_checkstring(L, 2);
+    if (strcmp(k, "key") == 0) {
+        lua_pushstring(L, lk->key);
+    } else if (strcmp(k, "session") == 0) {
+        if (lk->session[0])
+            lua_pushstring(L, lk->session);
+        else
+            lua_pushnil(L);
+    } else if (strcmp(k, "fence") == 0) {
+        lua_pushinteger(L, (lua_Integer)(int64_t)lk->fence);
+    } else {
+        lua_pushvalue(L, 2);
+        lua_rawget(L, lua_upvalueindex(1));
+    }
+    return 1;
+}
+
+static int lock_tostring(lua_State *L)
+{
+    lock_ud *u = luaL_checkudata(L, 1, CONSUL_LOCK_MT);
+    if (u->lk == NULL)
+        lua_pushliteral(L, "consul.Lock (gone)");
+    else
+        lua_pushfstring(L, "consul.Lock (%s, %s)", u->lk->key,
+                        consul_lock_held(u->lk) ? "held" : "not held");
+    return 1;
+}
+
+static const luaL_Reg lock_methods[] = {
+    { "acquire", lock_acquire },
+    { "release", lock_release },
+    { "held", lock_held },
+    { NULL, NULL }
+};
+
+void consul_lock_open(lua_State *L)
+{
+    /* module */
+    consul_renew_atexit_once();
+    luaL_newmetatable(L, CONSUL_LOCK_MT);          /* module, mt */
+    consul_newlib(L, lock_methods);
+    lua_pushcclosure(L, lock_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, lock_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, lock_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, lock_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushliteral(L, CONSUL_LOCK_MT);
+    lua_setfield(L, -2, "__name");
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "Client");                 /* module, client methods */
+    lua_pushcfunction(L, client_lock);
+    lua_setfield(L, -2, "lock");
+    lua_pop(L, 1);
+}
