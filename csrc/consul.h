@@ -128,6 +128,7 @@ typedef struct consul_resp {
     int json;                /* Content-Type says JSON */
     long connects;           /* new connections this request opened */
     char error[320];         /* why, when code != CONSUL_OK and no status came */
+    char reason[64];         /* the status line's reason phrase */
 } consul_resp;
 
 typedef struct consul_http {
@@ -184,6 +185,9 @@ void consul_json_push_b64(lua_State *L, cJSON *n);
 /* Appends the JSON of the Lua value at idx to b. Raises (argerror on arg) for values JSON
  * cannot hold. */
 void consul_json_encode(lua_State *L, int idx, int arg, consul_buf *b, int flags);
+/* uint64 values in Lua: an integer (two's complement above 2^63) on 5.3+, a number on 5.1. */
+void consul_push_u64(lua_State *L, uint64_t v);
+int consul_to_u64(lua_State *L, int idx, uint64_t *out);  /* 0 ok, -1 not one */
 int consul_json_null(lua_State *L);           /* pushes consul.null */
 int consul_json_empty_array(lua_State *L);    /* pushes consul.empty_array */
 void consul_json_open(lua_State *L);          /* creates the two sentinels in the registry */
@@ -280,6 +284,26 @@ typedef struct consul_lock {
     pthread_t thread;
     struct consul_lock *next, *prev;  /* the registry of running threads */
 } consul_lock;
+
+/* session.c: one lock attempt's requests over one handle. */
+typedef struct attempt {
+    consul_http *h;
+    consul_json doc;
+    consul_resp rs;
+    consul_buf body;
+    char msg[1024];
+    const char *method, *path;  /* of the last request, for messages */
+} attempt;
+int consul_att_send(attempt *a, const char *method, const char *path, const char *query,
+                    const char *body, size_t blen, long wait_ms);
+int consul_att_failed(attempt *a);  /* formats a->msg from a->rs; returns the code */
+int consul_att_parse(attempt *a);   /* parses a->rs's body into a->doc */
+void consul_att_release(attempt *a);
+int consul_att_session_create(consul_lock *lk, attempt *a);
+void consul_att_session_destroy(consul_lock *lk, attempt *a);
+int consul_att_session_renew(consul_lock *lk, attempt *a);
+int64_t consul_att_lock_delay(attempt *a, const char *id);  /* another session's, ms; -1 */
+void consul_millisleep(int64_t ms);
 
 consul_lock *consul_lock_new(consul_conf *cf);  /* NULL: out of memory */
 void consul_lock_unref(consul_lock *lk);

@@ -24,128 +24,6 @@
 #define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #define MAX_WAIT_MS 300000
 
-typedef struct attempt {
-    consul_http *h;
-    consul_json doc;
-    consul_resp rs;
-    consul_buf body;
-    char msg[1024];
-    const char *method, *path;  /* of the last request, for messages */
-} attempt;
-
-static int lk_send(attempt *a, const char *method, const char *path, const char *query,
-                const char *body, size_t blen, long wait_ms)
-{
-    consul_req rq;
-    memset(&rq, 0, sizeof rq);
-    rq.method = method;
-    rq.path = path;
-    rq.query = query;
-    rq.body = body;
-    rq.body_len = blen;
-    rq.content_type = "application/json";
-    rq.wait_ms = wait_ms;
-    a->method = method;
-    a->path = path;
-    consul_json_free(&a->doc);
-    return consul_http_perform(a->h, &rq, &a->rs);
-}
-
-static int failed(attempt *a)
-{
-    consul_format_failure(a->msg, sizeof a->msg, a->method, a->path, &a->rs);
-    return a->rs.code;
-}
-
-static int parse(attempt *a)
-{
-    if (consul_json_parse(&a->doc, a->rs.body, a->rs.body_len) != 0) {
-        a->rs.code = CONSUL_EDECODE;
-        return failed(a);
-    }
-    return CONSUL_OK;
-}
-
-static void millisleep(int64_t ms)
-{
-    struct timespec ts;
-    if (ms <= 0)
-        return;
-    ts.tv_sec = ms / 1000;
-    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
-    while (nanosleep(&ts, &ts) != 0)
-        ;
-}
-
-static int session_create(consul_lock *lk, attempt *a)
-{
-    cJSON *id;
-    consul_buf_reset(&a->body);
-    if (consul_buf_adds(&a->body, "{\"Name\":\"") != 0 ||
-        consul_buf_adds(&a->body, lk->name) != 0 ||  /* checked: no quote or backslash */
-        consul_buf_addf(&a->body, "\",\"TTL\":\"%lldms\",\"LockDelay\":\"%lldms\",\"Behavior\":\"%s\"}",
-                        (long long)lk->ttl_def_ms, (long long)lk->lock_delay_ms,
-                        lk->behavior_delete ? "delete" : "release") != 0)
-        return CONSUL_ENOMEM;
-    if (lk_send(a, "PUT", "/v1/session/create", NULL, a->body.data, a->body.len, 0) != CONSUL_OK)
-        return failed(a);
-    if (parse(a) != CONSUL_OK)
-        return a->rs.code;
-    id = cJSON_GetObjectItemCaseSensitive(a->doc.root, "ID");
-    if (!cJSON_IsString(id) || strlen(id->valuestring) >= sizeof lk->session) {
-        a->rs.code = CONSUL_EDECODE;
-        return failed(a);
-    }
-    strcpy(lk->session, id->valuestring);
-    lk->own_session = 1;
-    STORE(&lk->ttl_ms, lk->ttl_def_ms);
-    STORE(&lk->lease_ms, consul_now_ms());
-    return CONSUL_OK;
-}
-
-static void session_destroy(consul_lock *lk, attempt *a)
-{
-    char path[128];
-    if (lk->own_session && lk->session[0]) {
-        snprintf(path, sizeof path, "/v1/session/destroy/%s", lk->session);
-        lk_send(a, "PUT", path, NULL, NULL, 0, 0);
-    }
-    lk->session[0] = '\0';
-    lk->own_session = 0;
-}
-
-/* Renews the session while waiting; CONSUL_OK, or a failure (the session is gone). */
-static int session_renew(consul_lock *lk, attempt *a)
-{
-    char path[128];
-    cJSON *ttl;
-    snprintf(path, sizeof path, "/v1/session/renew/%s", lk->session);
-    if (lk_send(a, "PUT", path, NULL, NULL, 0, 0) != CONSUL_OK)
-        return failed(a);
-    STORE(&lk->lease_ms, consul_now_ms());
-    if (parse(a) == CONSUL_OK && cJSON_IsArray(a->doc.root) &&
-        (ttl = cJSON_GetObjectItemCaseSensitive(a->doc.root->child, "TTL")) != NULL &&
-        cJSON_IsString(ttl) && consul_duration_ms(ttl->valuestring) > 0)
-        STORE(&lk->ttl_ms, consul_duration_ms(ttl->valuestring));
-    return CONSUL_OK;
-}
-
-/* The LockDelay of another session, in ms; -1 when unknown. */
-static int64_t session_lock_delay(attempt *a, const char *id)
-{
-    char path[128];
-    int64_t ns;
-    cJSON *d;
-    snprintf(path, sizeof path, "/v1/session/info/%s", id);
-    if (lk_send(a, "GET", path, NULL, NULL, 0, 0) != CONSUL_OK || parse(a) != CONSUL_OK ||
-        !cJSON_IsArray(a->doc.root) || a->doc.root->child == NULL)
-        return -1;
-    d = cJSON_GetObjectItemCaseSensitive(a->doc.root->child, "LockDelay");
-    if (consul_json_i64(&a->doc, d, &ns) != 0)
-        return -1;
-    return ns / 1000000;
-}
-
 /* One transaction: lock the key with our session, flags and value; 1 taken (fence set),
  * 0 refused, or a failure code (negative). */
 static int take(consul_lock *lk, attempt *a)
@@ -174,18 +52,18 @@ static int take(consul_lock *lk, attempt *a)
         consul_buf_add_base64(&a->body, (const unsigned char *)lk->value, lk->value_len) != 0 ||
         consul_buf_adds(&a->body, "\"}}]") != 0)
         return -CONSUL_ENOMEM;
-    lk_send(a, "PUT", "/v1/txn", NULL, a->body.data, a->body.len, 0);
+    consul_att_send(a, "PUT", "/v1/txn", NULL, a->body.data, a->body.len, 0);
     if (a->rs.status == 409)
         return 0;  /* refused: held, or lock-delay */
     if (a->rs.code != CONSUL_OK)
-        return -failed(a);
-    if (parse(a) != CONSUL_OK)
+        return -consul_att_failed(a);
+    if (consul_att_parse(a) != CONSUL_OK)
         return -a->rs.code;
     kv = cJSON_GetObjectItemCaseSensitive(a->doc.root, "Results");
     kv = cJSON_IsArray(kv) && kv->child ? cJSON_GetObjectItemCaseSensitive(kv->child, "KV") : NULL;
     if (consul_json_u64(&a->doc, cJSON_GetObjectItemCaseSensitive(kv, "ModifyIndex"), &mi) != 0) {
         a->rs.code = CONSUL_EDECODE;
-        return -failed(a);
+        return -consul_att_failed(a);
     }
     lk->fence = mi;
     return 1;
@@ -201,7 +79,7 @@ static int acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
     char holder[64] = "";
     int tries = 0, refused = 0, rc;
 
-    if (lk->session[0] == '\0' && (rc = session_create(lk, a)) != CONSUL_OK)
+    if (lk->session[0] == '\0' && (rc = consul_att_session_create(lk, a)) != CONSUL_OK)
         return rc;
     next_renew = LOAD(&lk->lease_ms) + LOAD(&lk->ttl_ms) / 2;
 
@@ -215,7 +93,7 @@ static int acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
         if (tries > 0 && now >= deadline)
             goto timeout;
         if (lk->own_session && LOAD(&lk->ttl_ms) > 0 && now >= next_renew) {
-            if ((rc = session_renew(lk, a)) != CONSUL_OK)
+            if ((rc = consul_att_session_renew(lk, a)) != CONSUL_OK)
                 return rc;
             next_renew = now + LOAD(&lk->ttl_ms) / 2;
         }
@@ -227,11 +105,11 @@ static int acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
             w = (long)(left > MAX_WAIT_MS ? MAX_WAIT_MS : left < 1 ? 1 : left);
             snprintf(query, sizeof query, "index=%llu&wait=%ldms", (unsigned long long)index, w);
         }
-        lk_send(a, "GET", lk->path, query, NULL, 0, w);
+        consul_att_send(a, "GET", lk->path, query, NULL, 0, w);
         if (a->rs.code != CONSUL_OK && a->rs.status != 404)
-            return failed(a);
+            return consul_att_failed(a);
         if (a->rs.status == 200) {
-            if (parse(a) != CONSUL_OK)
+            if (consul_att_parse(a) != CONSUL_OK)
                 return a->rs.code;
             rec = cJSON_IsArray(a->doc.root) ? a->doc.root->child : NULL;
         }
@@ -257,7 +135,7 @@ static int acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
                     goto timeout;
                 if (strcmp(holder, s->valuestring) != 0 && strlen(s->valuestring) < sizeof holder) {
                     strcpy(holder, s->valuestring);
-                    holder_delay = session_lock_delay(a, holder);
+                    holder_delay = consul_att_lock_delay(a, holder);
                 }
                 freed_at = 0;
                 index = a->rs.has_index ? a->rs.index : 0;
@@ -277,7 +155,7 @@ static int acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
                 until = deadline;
             if (lk->own_session && until > next_renew)
                 until = next_renew;
-            millisleep(until - now);
+            consul_millisleep(until - now);
             refused = 0;
             index = 0;
             continue;
@@ -315,20 +193,19 @@ int consul_lock_release_now(consul_lock *lk, consul_http *h, consul_resp *rs, ch
     if (lk->session[0] != '\0') {
         snprintf(query, sizeof query, "release=%s&flags=%llu", lk->session,
                  (unsigned long long)lk->flags);
-        if (lk_send(&a, "PUT", lk->path, query, lk->value ? lk->value : "", lk->value_len, 0) !=
+        if (consul_att_send(&a, "PUT", lk->path, query, lk->value ? lk->value : "", lk->value_len, 0) !=
             CONSUL_OK) {
-            rc = failed(&a);
+            rc = consul_att_failed(&a);
             *rs = a.rs;
         }
-        session_destroy(lk, &a);
+        consul_att_session_destroy(lk, &a);
         if (rc == CONSUL_OK && a.rs.code != CONSUL_OK && lk->own_session) {
-            rc = failed(&a);
+            rc = consul_att_failed(&a);
             *rs = a.rs;
         }
     }
     snprintf(msg, n, "%s", rc == CONSUL_OK ? "" : a.msg);
-    consul_json_release(&a.doc);
-    consul_buf_free(&a.body);
+    consul_att_release(&a);
     return rc;
 }
 
@@ -485,9 +362,8 @@ static int lock_run_acquire(lua_State *L, consul_lock *lk, int64_t wait_ms)
     if (rc != CONSUL_OK) {
         consul_resp keep = a.rs;
         if (lk->own_session)
-            session_destroy(lk, &a);  /* a failed attempt leaks nothing */
-        consul_json_release(&a.doc);
-        consul_buf_free(&a.body);
+            consul_att_session_destroy(lk, &a);  /* a failed attempt leaks nothing */
+        consul_att_release(&a);
         lua_pushnil(L);
         lua_pushstring(L, a.msg[0] ? a.msg : "consul: lock failed");
         keep.code = rc;
@@ -498,8 +374,7 @@ static int lock_run_acquire(lua_State *L, consul_lock *lk, int64_t wait_ms)
         }
         return 3;
     }
-    consul_json_release(&a.doc);
-    consul_buf_free(&a.body);
+    consul_att_release(&a);
     STORE(&lk->held, 1);
     lua_settop(L, 1);
     return 1;
@@ -624,7 +499,7 @@ static int lock_index(lua_State *L)
         else
             lua_pushnil(L);
     } else if (strcmp(k, "fence") == 0) {
-        lua_pushinteger(L, (lua_Integer)(int64_t)lk->fence);
+        consul_push_u64(L, lk->fence);
     } else {
         lua_pushvalue(L, 2);
         lua_rawget(L, lua_upvalueindex(1));
