@@ -538,18 +538,18 @@ static void q_value(lua_State *L, int arg, int vi, const qopt *o, consul_client 
     size_t n;
     const char *s;
     char num[32];
+    uint64_t u;
     switch (o->kind) {
     case Q_STR:
         s = q_string(L, arg, vi, o->lua, &n);
         consul_query_add(L, c, o->wire, s, n);
         break;
     case Q_UINT:
-        if (!consul_isinteger(L, vi)) {
+        if (consul_to_u64(L, vi, &u) != 0) {
             lua_pushfstring(L, "option '%s' must be an integer", o->lua);
             luaL_argerror(L, arg, lua_tostring(L, -1));
         }
-        /* uint64 on the wire: a Lua integer above 2^63 is negative in two's complement. */
-        snprintf(num, sizeof num, "%llu", (unsigned long long)(uint64_t)(int64_t)lua_tointeger(L, vi));
+        snprintf(num, sizeof num, "%llu", (unsigned long long)u);
         consul_query_add(L, c, o->wire, num, strlen(num));
         break;
     case Q_BOOL:
@@ -674,7 +674,7 @@ void consul_push_meta(lua_State *L, const consul_resp *rs)
         lua_setfield(L, -2, "status");
     }
     if (rs->has_index) {
-        lua_pushinteger(L, (lua_Integer)(int64_t)rs->index);
+        consul_push_u64(L, rs->index);
         lua_setfield(L, -2, "index");
     }
     if (rs->known_leader >= 0) {

@@ -140,8 +140,19 @@ static size_t on_header(char *line, size_t size, size_t n, void *ud)
 
     if (len >= 5 && memcmp(line, "HTTP/", 5) == 0) {
         /* A new response (after a 100 Continue, say): forget the previous one's headers. */
-        const char *sp = memchr(line, ' ', len);
+        const char *sp = memchr(line, ' ', len), *end = line + len, *r;
         rs->status = sp ? strtol(sp + 1, NULL, 10) : 0;
+        r = sp ? memchr(sp + 1, ' ', (size_t)(end - sp - 1)) : NULL;
+        rs->reason[0] = '\0';
+        if (r != NULL) {
+            size_t rlen = (size_t)(end - r - 1);
+            while (rlen > 0 && (r[rlen] == '\r' || r[rlen] == '\n'))
+                rlen--;
+            if (rlen >= sizeof rs->reason)
+                rlen = sizeof rs->reason - 1;
+            memcpy(rs->reason, r + 1, rlen);
+            rs->reason[rlen] = '\0';
+        }
         rs->has_index = 0;
         rs->known_leader = -1;
         rs->last_contact = -1;
@@ -191,6 +202,9 @@ int consul_http_init(consul_http *h, consul_conf *cf)
     curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
     curl_easy_setopt(e, CURLOPT_XFERINFODATA, h);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    /* A key "a/.." is a key, not a path to squash: Consul then refuses it (301) instead of
+     * libcurl silently writing (or recursively deleting) "a/". */
+    curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, cf->timeout_ms);
@@ -417,18 +431,52 @@ int consul_http_perform_multi(consul_http *h, CURLM *m, const consul_req *rq, co
     return finish(h, rq, rc, rs);
 }
 
+/* Why an HTTP failure failed, in one line: Consul's JSON Errors (a txn's), else the body's
+ * first line, else the status line's reason. */
+static void failure_text(const consul_resp *rs, char *out, size_t n)
+{
+    const char *b = rs->body ? rs->body : "";
+    int len;
+    out[0] = '\0';
+    if (rs->json) {
+        cJSON *doc = cJSON_ParseWithLength(b, rs->body_len), *errs, *e;
+        size_t used = 0;
+        int i = 0;
+        errs = cJSON_GetObjectItemCaseSensitive(doc, "Errors");
+        cJSON_ArrayForEach(e, errs) {
+            cJSON *what = cJSON_GetObjectItemCaseSensitive(e, "What");
+            cJSON *op = cJSON_GetObjectItemCaseSensitive(e, "OpIndex");
+            if (cJSON_IsString(what) && used < n) {
+                int k = snprintf(out + used, n - used, "%sop %d: %s", i++ ? "; " : "",
+                                 cJSON_IsNumber(op) ? op->valueint : 0, what->valuestring);
+                used += k > 0 ? (size_t)k : 0;
+            }
+        }
+        cJSON_Delete(doc);
+        if (out[0] != '\0')
+            return;
+    }
+    while (*b == ' ' || *b == '\t' || *b == '\r' || *b == '\n')
+        b++;
+    len = (int)strcspn(b, "\r\n");
+    while (len > 0 && (b[len - 1] == ' ' || b[len - 1] == '\t'))
+        len--;
+    if (len > 300)
+        len = 300;
+    if (len > 0)
+        snprintf(out, n, "%.*s", len, b);
+    else
+        snprintf(out, n, "%s", rs->reason);
+}
+
 void consul_format_failure(char *out, size_t n, const char *method, const char *path,
                            const consul_resp *rs)
 {
     if (rs->code == CONSUL_EHTTP) {
-        /* Consul's own text says why: its first line, trimmed. */
-        const char *b = rs->body ? rs->body : "";
-        int len = (int)strcspn(b, "\r\n");
-        while (len > 0 && (b[len - 1] == ' ' || b[len - 1] == '\t'))
-            len--;
-        if (len > 300)
-            len = 300;
-        snprintf(out, n, "consul: %s %s: %ld %.*s", method, path, rs->status, len, b);
+        char why[512];
+        failure_text(rs, why, sizeof why);
+        snprintf(out, n, "consul: %s %s: %ld%s%s", method, path, rs->status, why[0] ? " " : "",
+                 why);
     } else if (rs->code == CONSUL_EDECODE) {
         snprintf(out, n, "consul: %s %s: malformed JSON answer", method, path);
     } else {

@@ -146,6 +146,34 @@ int consul_json_i64(const consul_json *d, const cJSON *n, int64_t *out)
 
 /* ---- JSON to Lua ---------------------------------------------------------- */
 
+void consul_push_u64(lua_State *L, uint64_t v)
+{
+#if LUA_VERSION_NUM >= 503
+    lua_pushinteger(L, (lua_Integer)(int64_t)v);  /* above 2^63: two's complement */
+#else
+    lua_pushnumber(L, (lua_Number)v);  /* the double nearest, as a Lua 5.1 literal gives */
+#endif
+}
+
+int consul_to_u64(lua_State *L, int idx, uint64_t *out)
+{
+#if LUA_VERSION_NUM >= 503
+    if (!lua_isinteger(L, idx))
+        return -1;
+    *out = (uint64_t)(int64_t)lua_tointeger(L, idx);
+    return 0;
+#else
+    lua_Number v;
+    if (lua_type(L, idx) != LUA_TNUMBER)
+        return -1;
+    v = lua_tonumber(L, idx);
+    if (v != floor(v) || !(v >= -9223372036854775808.0 && v < 18446744073709551616.0))
+        return -1;
+    *out = v < 0 ? (uint64_t)(int64_t)v : (uint64_t)v;
+    return 0;
+#endif
+}
+
 static void push_number(lua_State *L, const consul_json *d, const cJSON *n)
 {
     int64_t i;
@@ -153,7 +181,7 @@ static void push_number(lua_State *L, const consul_json *d, const cJSON *n)
     if (consul_json_i64(d, n, &i) == 0)
         lua_pushinteger(L, (lua_Integer)i);
     else if (consul_json_u64(d, n, &u) == 0)
-        lua_pushinteger(L, (lua_Integer)(int64_t)u);  /* above 2^63: two's complement */
+        consul_push_u64(L, u);
     else
         lua_pushnumber(L, (lua_Number)n->valuedouble);
 }
@@ -268,12 +296,14 @@ static void enc_number(enc *e, int idx, const char *key)
     /* Session TTL and LockDelay given in seconds go out as Go durations. */
     int duration = key != NULL && (e->flags & CONSUL_JSON_DURATIONS) &&
                    (strcmp(key, "TTL") == 0 || strcmp(key, "LockDelay") == 0);
-    if (consul_isinteger(L, idx)) {
+    uint64_t u;
+    if (key != NULL && strcmp(key, "Flags") == 0 && consul_to_u64(L, idx, &u) == 0) {
+        /* uint64: a 5.4 integer above 2^63 is negative, a 5.1 one a large double */
+        n = snprintf(num, sizeof num, "%llu", (unsigned long long)u);
+    } else if (consul_isinteger(L, idx)) {
         int64_t v = (int64_t)lua_tointeger(L, idx);
         if (duration)
             n = snprintf(num, sizeof num, "\"%llds\"", (long long)v);
-        else if (key != NULL && strcmp(key, "Flags") == 0)  /* uint64: above 2^63 is negative */
-            n = snprintf(num, sizeof num, "%llu", (unsigned long long)(uint64_t)v);
         else
             n = snprintf(num, sizeof num, "%lld", (long long)v);
     } else {

@@ -65,7 +65,7 @@ static void meta_u64(lua_State *L, const consul_json *d, cJSON *rec, const char 
 {
     uint64_t v;
     if (consul_json_u64(d, cJSON_GetObjectItemCaseSensitive(rec, field), &v) == 0) {
-        lua_pushinteger(L, (lua_Integer)(int64_t)v);
+        consul_push_u64(L, v);
         lua_setfield(L, -2, name);
     }
 }

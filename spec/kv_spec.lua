@@ -4,8 +4,6 @@
 -- stored bytes (?raw), the stored key names (?keys) and the stored Flags digits.
 -- Everything lives under "spec/kv/", wiped before and after.
 --
--- Specs tagged #knownbug describe a bug of the C core that is reported, not yet fixed; run
--- `busted --exclude-tags=knownbug` to leave them out.
 
 local consul = require("consul")
 local agent = require("spec.helpers.agent")
@@ -473,15 +471,17 @@ describe("consul kv", function()
       assert.are.equal("d2", raw_value(P .. "txn/d"))
     end)
 
-    it("says why a txn failed (Consul's Errors[].What) #knownbug", function()
+    it("says why a txn failed (Consul's Errors[].What)", function()
       local _, err = c.txn:apply({
         { KV = { Verb = "check-index", Key = P .. "txn/never", Index = 1 } },
       })
       assert.is_string(err)
-      -- Consul answers {"Results":null,"Errors":[{"OpIndex":0,"What":"failed to ... index is stale"}]}
-      -- (pretty-printed); the error must carry the What, not just the body's first line "{".
+      -- Consul answers {"Results":null,"Errors":[{"OpIndex":0,"What":"failed to check index,
+      -- key ... doesn't exist"}]} (pretty-printed); the error must carry the What, not just
+      -- the body's first line "{".
       assert.matches("409", err)
-      assert.matches("index is stale", err, 1, true)
+      assert.matches("op 0: failed to check index", err, 1, true)
+      assert.matches("doesn't exist", err, 1, true)
     end)
   end)
 
@@ -793,7 +793,7 @@ c:close()
       assert.are.same({ P .. "esc2/a b/1", P .. "esc2/a?b/3" }, raw_keys(P .. "esc2/"))
     end)
 
-    it("a key Consul refuses (control characters) fails at runtime, saying why #knownbug", function()
+    it("a key Consul refuses (control characters) fails at runtime, saying why", function()
       -- Consul 1.8 answers "HTTP/1.1 400 Bad Request" with an empty body for these
       for _, n in ipairs({ "tab\there", "nl\nhere", "del\127here" }) do
         local ok, err, meta = c.kv:put(P .. "ctl/" .. n, "x")
@@ -819,7 +819,7 @@ c:close()
       assert.is_nil(raw_value(P .. "lead/x"))
     end)
 
-    it("a key with dot segments never reaches another key #knownbug", function()
+    it("a key with dot segments never reaches another key", function()
       -- libcurl removes "." and ".." path segments unless told not to (CURLOPT_PATH_AS_IS);
       -- Consul itself answers 301 for them. Either a failure or the exact key is fine;
       -- writing or deleting some other key is not.
@@ -836,7 +836,7 @@ c:close()
       end
     end)
 
-    it("a recursive delete of a key with dot segments never deletes another tree #knownbug", function()
+    it("a recursive delete of a key with dot segments never deletes another tree", function()
       -- today "dots2/sub/.." goes out as /v1/kv/spec/kv/dots2/: the whole "dots2/" tree
       assert.is_true((c.kv:put(P .. "dots2/keep", "k")))
       assert.is_true((c.kv:put(P .. "dots2/sub/x", "x")))
