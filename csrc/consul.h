@@ -253,6 +253,8 @@ void consul_client_open(lua_State *L);  /* module table at -1 */
 /* ---- lock.c, renew.c ------------------------------------------------------ */
 
 #define CONSUL_LOCK_MT "consul.Lock"
+#define CONSUL_KIND_LOCK 0
+#define CONSUL_KIND_SEMAPHORE 1  /* key is the prefix; path "/v1/kv/<prefix>/" */
 
 /* A lock's C state. Owned by reference count: the Lua object holds one reference and the
  * background thread another, so a lock collected by Lua is still released by its thread. */
@@ -264,7 +266,9 @@ typedef struct consul_lock {
     char *key, *path;         /* the raw key; "/v1/kv/<escaped key>" */
     char *value;
     size_t value_len;
-    uint64_t flags;           /* CONSUL_LOCK_FLAG */
+    uint64_t flags;           /* CONSUL_LOCK_FLAG or CONSUL_SEMAPHORE_FLAG */
+    int kind;                 /* CONSUL_KIND_* */
+    int limit;                /* a semaphore's number of holders */
     char session[64];         /* "" when none */
     int own_session;          /* created by the lock: destroyed by it */
     /* the definition of a session the lock creates */
@@ -318,6 +322,10 @@ int consul_lock_release_now(consul_lock *lk, consul_http *h, consul_resp *rs, ch
                             size_t n);
 int consul_lock_held(consul_lock *lk);
 void consul_lock_open(lua_State *L);  /* module table at -1 */
+/* semaphore.c */
+int consul_sem_acquire(consul_lock *lk, attempt *a, int64_t wait_ms);
+int consul_sem_check(consul_lock *lk, consul_json *doc);  /* 1 still a holder, -1 not */
+int consul_sem_release(consul_lock *lk, attempt *a);
 
 /* ---- routes.c ---------------------------------------------------------- */
 

@@ -190,7 +190,11 @@ int consul_lock_release_now(consul_lock *lk, consul_http *h, consul_resp *rs, ch
     memset(&a, 0, sizeof a);
     a.h = h;
     STORE(&lk->held, 0);
-    if (lk->session[0] != '\0') {
+    if (lk->session[0] != '\0' && lk->kind == CONSUL_KIND_SEMAPHORE) {
+        if ((rc = consul_sem_release(lk, &a)) != CONSUL_OK)
+            *rs = a.rs;
+        consul_att_session_destroy(lk, &a);
+    } else if (lk->session[0] != '\0') {
         snprintf(query, sizeof query, "release=%s&flags=%llu", lk->session,
                  (unsigned long long)lk->flags);
         if (consul_att_send(&a, "PUT", lk->path, query, lk->value ? lk->value : "", lk->value_len, 0) !=
@@ -354,7 +358,8 @@ static int lock_run_acquire(lua_State *L, consul_lock *lk, int64_t wait_ms)
     int rc;
     memset(&a, 0, sizeof a);
     a.h = lock_handle(L, 1, lk);
-    rc = acquire(lk, &a, wait_ms);
+    rc = lk->kind == CONSUL_KIND_SEMAPHORE ? consul_sem_acquire(lk, &a, wait_ms)
+                                           : acquire(lk, &a, wait_ms);
     if (rc == CONSUL_OK && consul_renew_start(lk) != 0) {
         snprintf(a.msg, sizeof a.msg, "consul: lock %s: cannot start the renew thread", lk->key);
         rc = CONSUL_ENOMEM;
@@ -380,8 +385,8 @@ static int lock_run_acquire(lua_State *L, consul_lock *lk, int64_t wait_ms)
     return 1;
 }
 
-/* c:lock(key[, opts]) --> lock | nil, err, meta */
-static int client_lock(lua_State *L)
+/* The lock object for c:lock and c:semaphore: key at 2, options at opts. */
+static int new_lock(lua_State *L, int kind, int limit, int opts)
 {
     consul_client *c = consul_checkclient(L, 1);
     lock_ud *u;
@@ -397,11 +402,13 @@ static int client_lock(lua_State *L)
     key = lua_tolstring(L, 2, &n);
     while (n > 0 && *key == '/')
         key++, n--;
-    if (n == 0 || strlen(key) != n)
+    while (kind == CONSUL_KIND_SEMAPHORE && n > 0 && key[n - 1] == '/')
+        n--;
+    if (n == 0 || memchr(key, '\0', n) != NULL)
         return luaL_argerror(L, 2, "a non-empty key without NUL bytes expected");
-    lua_settop(L, 3);
+    lua_settop(L, opts);
 
-    u = consul_newuserdata(L, sizeof *u);          /* c, key, opts, ud */
+    u = consul_newuserdata(L, sizeof *u);
     u->lk = NULL;
     luaL_getmetatable(L, CONSUL_LOCK_MT);
     lua_setmetatable(L, -2);
@@ -410,16 +417,35 @@ static int client_lock(lua_State *L)
     u->lk = lk = consul_lock_new(c->conf);
     if (lk == NULL)
         return luaL_error(L, "not enough memory");
+    lk->kind = kind;
+    lk->limit = limit;
+    lk->flags = kind == CONSUL_KIND_SEMAPHORE ? CONSUL_SEMAPHORE_FLAG : CONSUL_LOCK_FLAG;
     set_copy(L, &lk->key, key, n);
-    if (consul_buf_adds(&path, "/v1/kv/") != 0 || consul_buf_add_escaped(&path, key, n, 1) != 0) {
+    if (consul_buf_adds(&path, "/v1/kv/") != 0 || consul_buf_add_escaped(&path, key, n, 1) != 0 ||
+        (kind == CONSUL_KIND_SEMAPHORE && consul_buf_add(&path, "/", 1) != 0)) {
         consul_buf_free(&path);
         return luaL_error(L, "not enough memory");
     }
     lk->path = path.data;  /* ownership moves to the lock */
-    wait_ms = lock_configure(L, 3, lk, 1);
-    lua_replace(L, 1);                             /* ud, key, opts */
+    wait_ms = lock_configure(L, opts, lk, 1);
+    lua_replace(L, 1);
     lua_settop(L, 1);
     return lock_run_acquire(L, lk, wait_ms);
+}
+
+/* c:lock(key[, opts]) --> lock | nil, err, meta */
+static int client_lock(lua_State *L)
+{
+    return new_lock(L, CONSUL_KIND_LOCK, 1, 3);
+}
+
+/* c:semaphore(prefix, limit[, opts]) --> semaphore | nil, err, meta */
+static int client_semaphore(lua_State *L)
+{
+    lua_Integer limit = luaL_checkinteger(L, 3);
+    luaL_argcheck(L, limit >= 1 && limit <= 1000, 3, "a limit of 1..1000 expected");
+    lua_remove(L, 3);
+    return new_lock(L, CONSUL_KIND_SEMAPHORE, (int)limit, 3);
 }
 
 /* lock:acquire([opts]): takes a released or lost lock again */
@@ -499,7 +525,15 @@ static int lock_index(lua_State *L)
         else
             lua_pushnil(L);
     } else if (strcmp(k, "fence") == 0) {
-        consul_push_u64(L, lk->fence);
+        if (lk->kind == CONSUL_KIND_LOCK)
+            consul_push_u64(L, lk->fence);
+        else
+            lua_pushnil(L);  /* a semaphore has no single holder to fence */
+    } else if (strcmp(k, "limit") == 0) {
+        if (lk->kind == CONSUL_KIND_SEMAPHORE)
+            lua_pushinteger(L, lk->limit);
+        else
+            lua_pushnil(L);
     } else {
         lua_pushvalue(L, 2);
         lua_rawget(L, lua_upvalueindex(1));
@@ -513,7 +547,8 @@ static int lock_tostring(lua_State *L)
     if (u->lk == NULL)
         lua_pushliteral(L, "consul.Lock (gone)");
     else
-        lua_pushfstring(L, "consul.Lock (%s, %s)", u->lk->key,
+        lua_pushfstring(L, "consul.%s (%s, %s)",
+                        u->lk->kind == CONSUL_KIND_SEMAPHORE ? "Semaphore" : "Lock", u->lk->key,
                         consul_lock_held(u->lk) ? "held" : "not held");
     return 1;
 }
@@ -545,5 +580,7 @@ void consul_lock_open(lua_State *L)
     lua_getfield(L, -1, "Client");                 /* module, client methods */
     lua_pushcfunction(L, client_lock);
     lua_setfield(L, -2, "lock");
+    lua_pushcfunction(L, client_semaphore);
+    lua_setfield(L, -2, "semaphore");
     lua_pop(L, 1);
 }

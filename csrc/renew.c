@@ -125,7 +125,8 @@ static int watch(consul_lock *lk, consul_json *doc, uint64_t *index, int64_t wai
     int ours;
     if (wait_ms < 1)
         wait_ms = 1;
-    snprintf(query, sizeof query, "index=%llu&wait=%lldms", (unsigned long long)*index,
+    snprintf(query, sizeof query, "%sindex=%llu&wait=%lldms",
+             lk->kind == CONSUL_KIND_SEMAPHORE ? "recurse&" : "", (unsigned long long)*index,
              (long long)wait_ms);
     request(lk, "GET", lk->path, query, (long)wait_ms, &rs);
     if (LOAD(&lk->stop))
@@ -138,6 +139,12 @@ static int watch(consul_lock *lk, consul_json *doc, uint64_t *index, int64_t wai
         (rec = doc->root->child) == NULL) {
         consul_json_free(doc);
         return 0;
+    }
+    if (lk->kind == CONSUL_KIND_SEMAPHORE) {
+        ours = consul_sem_check(lk, doc) > 0;
+        consul_json_free(doc);
+        *index = rs.has_index && rs.index >= *index ? rs.index : 0;
+        return ours ? 1 : -1;
     }
     s = cJSON_GetObjectItemCaseSensitive(rec, "Session");
     f = cJSON_GetObjectItemCaseSensitive(rec, "Flags");

@@ -29,5 +29,17 @@ function Client.with_lock(c, key, opts, fn, ...)
   return finish(lock, pcall(fn, lock, ...))
 end
 
+-- c:with_semaphore(prefix, limit, opts, fn, ...): the same for one of limit holders.
+function Client.with_semaphore(c, prefix, limit, opts, fn, ...)
+  if type(fn) ~= "function" then
+    error("bad argument #4 to 'with_semaphore' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  local sem, err, meta = c:semaphore(prefix, limit, opts)
+  if not sem then
+    return nil, err, meta
+  end
+  return finish(sem, pcall(fn, sem, ...))
+end
+
 
 return _M
