@@ -141,42 +141,60 @@ int consul_buf_add_base64(consul_buf *b, const unsigned char *p, size_t n)
     return 0;
 }
 
-static int b64val(unsigned char ch)
-{
-    if (ch >= 'A' && ch <= 'Z') return ch - 'A';
-    if (ch >= 'a' && ch <= 'z') return ch - 'a' + 26;
-    if (ch >= '0' && ch <= '9') return ch - '0' + 52;
-    if (ch == '+') return 62;
-    if (ch == '/') return 63;
-    return -1;
-}
+/* 0..63 for a base64 digit, 64 for '=', 255 for anything else. */
+static const unsigned char b64dec[256] = {
+#define X 255
+    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
+    X, X, X, X, X, X, X, X, X, X, X, 62, X, X, X, 63, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, X, X,
+    X, 64, X, X, X, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+    22, 23, 24, 25, X, X, X, X, X, X, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
+    41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, X, X, X, X, X,
+    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
+    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
+    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
+    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X
+#undef X
+};
 
 long consul_base64_decode(const char *in, size_t n, unsigned char *out)
 {
-    unsigned v = 0;
-    int bits = 0;
-    size_t i, pad = 0;
+    const unsigned char *s = (const unsigned char *)in;
+    size_t i, full;
     long len = 0;
-    for (i = 0; i < n; i++) {
-        int d;
-        if (in[i] == '=') {
-            pad++;
-            continue;
-        }
-        if (pad > 0 || (d = b64val((unsigned char)in[i])) < 0)
+    if (n % 4 != 0)
+        return -1;
+    if (n == 0)
+        return 0;
+    full = n - 4;  /* every group but the last has no padding */
+    for (i = 0; i < full; i += 4) {
+        unsigned a = b64dec[s[i]], b = b64dec[s[i + 1]], c = b64dec[s[i + 2]], d = b64dec[s[i + 3]];
+        if ((a | b | c | d) >= 64)
             return -1;
-        v = (v << 6) | (unsigned)d;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
+        if (out != NULL) {
+            out[len] = (unsigned char)(a << 2 | b >> 4);
+            out[len + 1] = (unsigned char)(b << 4 | c >> 2);
+            out[len + 2] = (unsigned char)(c << 6 | d);
+        }
+        len += 3;
+    }
+    {
+        unsigned a = b64dec[s[i]], b = b64dec[s[i + 1]], c = b64dec[s[i + 2]], d = b64dec[s[i + 3]];
+        if (a >= 64 || b >= 64 || c > 64 || d > 64 || (c == 64 && d != 64))
+            return -1;
+        if (out != NULL)
+            out[len] = (unsigned char)(a << 2 | b >> 4);
+        len++;
+        if (c != 64) {
             if (out != NULL)
-                out[len] = (unsigned char)(v >> bits);
+                out[len] = (unsigned char)(b << 4 | c >> 2);
             len++;
-            v &= (1u << bits) - 1;
+            if (d != 64) {
+                if (out != NULL)
+                    out[len] = (unsigned char)(c << 6 | d);
+                len++;
+            }
         }
     }
-    if (pad > 2 || (n > 0 && (n % 4) != 0))
-        return -1;
     return len;
 }
 

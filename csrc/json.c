@@ -26,29 +26,38 @@ static const char empty_array_key = 0;
 
 static int scan_numbers(consul_json *d, const char *t, size_t len)
 {
-    size_t i = 0;
+    const char *p = t, *end = t + len;
     d->nnums = 0;
-    while (i < len) {
-        char ch = t[i];
+    while (p < end) {
+        char ch = *p;
         if (ch == '"') {
-            for (i++; i < len && t[i] != '"'; i++)
-                if (t[i] == '\\')
-                    i++;
-            i++;
+            /* Jump to the closing quote: one not preceded by an odd run of backslashes. */
+            for (;;) {
+                const char *q = memchr(p + 1, '"', (size_t)(end - p - 1)), *b;
+                if (q == NULL)
+                    return 0;  /* unterminated: cJSON will say so */
+                for (b = q; b > p + 1 && b[-1] == '\\'; b--)
+                    ;
+                p = q;
+                if (((q - b) & 1) == 0)
+                    break;
+            }
+            p++;
         } else if (ch == '-' || (ch >= '0' && ch <= '9')) {
             if (d->nnums == d->capnums) {
                 size_t cap = d->capnums ? d->capnums * 2 : 64;
-                size_t *p = realloc(d->nums, cap * sizeof *p);
-                if (p == NULL)
+                size_t *n = realloc(d->nums, cap * sizeof *n);
+                if (n == NULL)
                     return -1;
-                d->nums = p;
+                d->nums = n;
                 d->capnums = cap;
             }
-            d->nums[d->nnums++] = i;
-            while (i < len && strchr("0123456789+-.eE", t[i]) != NULL && t[i] != '\0')
-                i++;
+            d->nums[d->nnums++] = (size_t)(p - t);
+            while (p < end && ((*p >= '0' && *p <= '9') || *p == '-' || *p == '+' || *p == '.' ||
+                               *p == 'e' || *p == 'E'))
+                p++;
         } else {
-            i++;
+            p++;
         }
     }
     return 0;
