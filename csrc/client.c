@@ -70,7 +70,8 @@ static int client_tostring(lua_State *L)
     if (c->closed)
         lua_pushliteral(L, "consul.Client (closed)");
     else
-        lua_pushfstring(L, "consul.Client (%s)", c->conf->base_url);
+        lua_pushfstring(L, "consul.Client (%s)",
+                        c->conf->unix_path != NULL ? c->conf->hostport : c->conf->base_url);
     return 1;
 }
 
@@ -264,7 +265,7 @@ static void configure(lua_State *L, consul_conf *cf)
 {
     const char *s, *addr, *server_name;
     size_t n;
-    int https = 0;
+    int https = 0, from_env, explicit_scheme;
 
     check_option_names(L);
 
@@ -282,7 +283,11 @@ static void configure(lua_State *L, consul_conf *cf)
 
     lua_getfield(L, 1, "host");
     if (!lua_isnil(L, -1)) {
-        const char *host = luaL_checkstring(L, -1);
+        const char *host;
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_error(L, "bad option 'host' to 'new' (string expected, got %s)",
+                       luaL_typename(L, -1));
+        host = lua_tostring(L, -1);
         lua_Integer port;
         lua_getfield(L, 1, "port");
         if (!lua_isnil(L, -1) && !consul_isinteger(L, -1) && lua_type(L, -1) != LUA_TSTRING)
@@ -303,14 +308,24 @@ static void configure(lua_State *L, consul_conf *cf)
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
+    lua_getfield(L, 1, "addr");
+    from_env = lua_isnil(L, -1);
+    lua_pop(L, 1);
     addr = opt_str(L, "addr", "CONSUL_HTTP_ADDR", &n);
     if (addr == NULL)
         addr = "127.0.0.1:8500";
+    lua_getfield(L, 1, "scheme");
+    explicit_scheme = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    /* The address's own scheme, unless it came from the environment and the caller named
+     * one: an explicit option always wins over the environment. */
     if (strncmp(addr, "https://", 8) == 0) {
-        https = 1;
+        if (!(from_env && explicit_scheme))
+            https = 1;
         addr += 8;
     } else if (strncmp(addr, "http://", 7) == 0) {
-        https = 0;
+        if (!(from_env && explicit_scheme))
+            https = 0;
         addr += 7;
     }
     lua_pushstring(L, addr);
@@ -605,7 +620,7 @@ static void q_value(lua_State *L, int arg, int vi, const qopt *o, consul_client 
 
 void consul_opts(lua_State *L, int idx, consul_client *c, consul_call *call, int for_request)
 {
-    int saw_dc = 0, saw_consistency = 0;
+    int saw_dc = 0, saw_consistency = 0, saw_index = 0;
     consul_buf_reset(&c->query);
     if (idx != 0 && !lua_isnoneornil(L, idx)) {
         idx = consul_absindex(L, idx);
@@ -629,10 +644,14 @@ void consul_opts(lua_State *L, int idx, consul_client *c, consul_call *call, int
             }
             saw_dc |= o->kind == Q_STR && strcmp(k, "dc") == 0;
             saw_consistency |= strcmp(k, "consistent") == 0 || strcmp(k, "stale") == 0;
+            saw_index |= strcmp(k, "index") == 0;
             q_value(L, idx, lua_gettop(L), o, c, call);
             lua_pop(L, 1);
         }
     }
+    /* A blocking query without a wait waits Consul's default 5 minutes: so may we. */
+    if (saw_index && call->wait_ms == 0)
+        call->wait_ms = 300000;
     if (!saw_dc && c->conf->dc != NULL)
         consul_query_add(L, c, "dc", c->conf->dc, strlen(c->conf->dc));
     if (!saw_consistency && c->conf->consistency != 0 && strcmp(call->method, "GET") == 0)
@@ -788,17 +807,17 @@ static void build_headers(lua_State *L, consul_client *c, int idx)
     if (lua_isnil(L, idx))
         return;
     if (lua_type(L, idx) != LUA_TTABLE)
-        luaL_argerror(L, 3, "option 'headers' must be a table");
+        luaL_argerror(L, 4, "option 'headers' must be a table");
     lua_pushnil(L);
     while (lua_next(L, idx) != 0) {
         struct curl_slist *s;
         const char *k, *v;
         if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
-            luaL_argerror(L, 3, "option 'headers' must map strings to strings");
+            luaL_argerror(L, 4, "option 'headers' must map strings to strings");
         k = lua_tostring(L, -2);
         v = lua_tostring(L, -1);
         if (strpbrk(k, ":\r\n") != NULL || strpbrk(v, "\r\n") != NULL || k[0] == '\0')
-            luaL_argerror(L, 3, "option 'headers' has a bad header name or value");
+            luaL_argerror(L, 4, "option 'headers' has a bad header name or value");
         lua_pushfstring(L, "%s: %s", k, v);
         s = curl_slist_append(c->headers, lua_tostring(L, -1));
         if (s == NULL)
@@ -824,6 +843,8 @@ static int client_request(lua_State *L)
         luaL_argerror(L, 3, "an escaped path starting with '/' expected (query goes in opts)");
     if (!lua_isnoneornil(L, 4))
         luaL_checktype(L, 4, LUA_TTABLE);
+    if (lua_gettop(L) > 4)
+        return luaL_error(L, "too many arguments to 'request' (method, path, opts expected)");
     lua_settop(L, 4);
 
     memset(&call, 0, sizeof call);

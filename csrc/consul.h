@@ -110,7 +110,7 @@ typedef struct consul_req {
     const char *content_type;
     const struct curl_slist *headers;  /* extra headers or NULL */
     long wait_ms;            /* a blocking query's wait, added to the timeout */
-    long timeout_ms;         /* 0: the conf's */
+    long timeout_ms;         /* 0: the conf's; -1: none (a stream), only the connect one */
     consul_sink sink;        /* stream the body here when set */
     void *sink_ud;
     const int *cancel;       /* aborts the transfer when *cancel becomes non-zero */
@@ -127,7 +127,7 @@ typedef struct consul_resp {
     int64_t last_contact;    /* -1 unknown */
     int json;                /* Content-Type says JSON */
     long connects;           /* new connections this request opened */
-    char error[320];         /* why, when code != CONSUL_OK and no status came */
+    char error[400];         /* why, when code != CONSUL_OK and no status came */
     char reason[64];         /* the status line's reason phrase */
 } consul_resp;
 
@@ -139,6 +139,7 @@ typedef struct consul_http {
     struct curl_slist *slist;   /* per-request headers */
     struct curl_slist *connect_to;
     const consul_req *rq;       /* during perform */
+    const consul_req *multi_rq; /* a transfer started on a multi handle, not yet finished */
     consul_resp *rs;
     char errbuf[CURL_ERROR_SIZE];
 } consul_http;
@@ -153,6 +154,11 @@ int consul_http_perform(consul_http *h, const consul_req *rq, consul_resp *rs);
  * (then rs->code is CONSUL_OK and rs->status 0). */
 int consul_http_perform_multi(consul_http *h, CURLM *m, const consul_req *rq, consul_resp *rs,
                               const int *stop);
+/* Step by step on a multi handle (a stream): start; step until it returns 0 (finished, rs
+ * filled); or abort. rq must live until then. */
+int consul_http_start(consul_http *h, CURLM *m, const consul_req *rq, consul_resp *rs);
+int consul_http_step(consul_http *h, CURLM *m, int timeout_ms, consul_resp *rs);
+void consul_http_abort(consul_http *h, CURLM *m, consul_resp *rs);
 /* "consul: METHOD /path: why" for a failed rs, into out. */
 void consul_format_failure(char *out, size_t n, const char *method, const char *path,
                            const consul_resp *rs);
@@ -330,6 +336,9 @@ int consul_sem_release(consul_lock *lk, attempt *a);
 /* ---- routes.c ---------------------------------------------------------- */
 
 void consul_routes_open(lua_State *L);  /* module table at -1 */
+
+/* ---- stream.c: agent:monitor, snapshot:save and restore; the groups table at -1 ---- */
+void consul_stream_open(lua_State *L);
 
 /* ---- kv.c -------------------------------------------------------------- */
 

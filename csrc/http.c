@@ -318,8 +318,18 @@ static int map_error(consul_http *h, CURLcode rc, consul_resp *rs)
     case CURLE_GOT_NOTHING:
     case CURLE_RECV_ERROR:
     case CURLE_SEND_ERROR:
-    case CURLE_PARTIAL_FILE:
+    case CURLE_PARTIAL_FILE: {
+        long opened = 0;
+        curl_easy_getinfo(h->easy, CURLINFO_NUM_CONNECTS, &opened);
+        /* A TLS peer that drops a connection it just accepted, before any status, refused
+         * the handshake: typically a client certificate it requires and did not get. */
+        if (rc != CURLE_PARTIAL_FILE && rs->status == 0 && opened > 0 &&
+            strncmp(h->conf->base_url, "https:", 6) == 0)
+            return fail(rs, CONSUL_ETLS,
+                        "TLS with %s: the server ended the handshake (client certificate "
+                        "required?): %s", hp, why);
         return fail(rs, CONSUL_ECLOSED, "%s closed the connection: %s", hp, why);
+    }
     case CURLE_OUT_OF_MEMORY:
         return fail(rs, CONSUL_ENOMEM, "out of memory%s%s", "", "");
     default:
@@ -376,7 +386,8 @@ static int prepare(consul_http *h, const consul_req *rq, consul_resp *rs)
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, rq->method);
     }
     /* A blocking query may hold the answer for its wait, plus Consul's jitter of wait/16. */
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout + rq->wait_ms + rq->wait_ms / 16);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
+                     rq->timeout_ms < 0 ? 0L : timeout + rq->wait_ms + rq->wait_ms / 16);
     curl_easy_setopt(e, CURLOPT_NOPROGRESS, rq->cancel != NULL ? 0L : 1L);
     return 0;
 }
@@ -408,27 +419,56 @@ int consul_http_perform(consul_http *h, const consul_req *rq, consul_resp *rs)
     return finish(h, rq, curl_easy_perform(h->easy), rs);
 }
 
-int consul_http_perform_multi(consul_http *h, CURLM *m, const consul_req *rq, consul_resp *rs,
-                              const int *stop)
+int consul_http_start(consul_http *h, CURLM *m, const consul_req *rq, consul_resp *rs)
 {
-    CURLcode rc = CURLE_ABORTED_BY_CALLBACK;
-    CURLMsg *msg;
-    int running = 1, left;
     if (prepare(h, rq, rs) != 0)
         return rs->code;
     if (curl_multi_add_handle(m, h->easy) != CURLM_OK)
         return finish(h, rq, CURLE_OUT_OF_MEMORY, rs);
-    while (running && !__atomic_load_n(stop, __ATOMIC_ACQUIRE)) {
-        if (curl_multi_perform(m, &running) != CURLM_OK)
-            break;
-        if (running && curl_multi_poll(m, NULL, 0, 1000, NULL) != CURLM_OK)
-            break;
-    }
+    h->multi_rq = rq;
+    return CONSUL_OK;
+}
+
+int consul_http_step(consul_http *h, CURLM *m, int timeout_ms, consul_resp *rs)
+{
+    CURLcode rc = CURLE_OK;
+    CURLMsg *msg;
+    int running = 0, left, done = 0;
+    if (curl_multi_perform(m, &running) == CURLM_OK && running &&
+        curl_multi_poll(m, NULL, 0, timeout_ms, NULL) == CURLM_OK)
+        curl_multi_perform(m, &running);
     while ((msg = curl_multi_info_read(m, &left)) != NULL)
-        if (msg->msg == CURLMSG_DONE && msg->easy_handle == h->easy)
+        if (msg->msg == CURLMSG_DONE && msg->easy_handle == h->easy) {
             rc = msg->data.result;
+            done = 1;
+        }
+    if (!done && running)
+        return 1;
     curl_multi_remove_handle(m, h->easy);
-    return finish(h, rq, rc, rs);
+    finish(h, h->multi_rq, rc, rs);
+    h->multi_rq = NULL;
+    return 0;
+}
+
+void consul_http_abort(consul_http *h, CURLM *m, consul_resp *rs)
+{
+    if (h->multi_rq == NULL)
+        return;
+    curl_multi_remove_handle(m, h->easy);
+    finish(h, h->multi_rq, CURLE_ABORTED_BY_CALLBACK, rs);
+    h->multi_rq = NULL;
+}
+
+int consul_http_perform_multi(consul_http *h, CURLM *m, const consul_req *rq, consul_resp *rs,
+                              const int *stop)
+{
+    if (consul_http_start(h, m, rq, rs) != CONSUL_OK)
+        return rs->code;
+    while (!__atomic_load_n(stop, __ATOMIC_ACQUIRE))
+        if (consul_http_step(h, m, 1000, rs) == 0)
+            return rs->code;
+    consul_http_abort(h, m, rs);
+    return rs->code;
 }
 
 /* Why an HTTP failure failed, in one line: Consul's JSON Errors (a txn's), else the body's

@@ -324,6 +324,7 @@ void consul_routes_open(lua_State *L)
     lua_getfield(L, -1, "kv");
     consul_kv_open(L);
     lua_pop(L, 1);
+    consul_stream_open(L);
     lua_setfield(L, LUA_REGISTRYINDEX, "consul.groups");
     lua_pushcfunction(L, consul_routes);
     lua_setfield(L, -2, "routes");

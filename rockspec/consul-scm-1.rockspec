@@ -27,7 +27,7 @@ build = {
       ["consul.core"] = {
          sources = {
             "csrc/buf.c", "csrc/client.c", "csrc/http.c", "csrc/json.c", "csrc/kv.c",
-            "csrc/lock.c", "csrc/module.c", "csrc/renew.c", "csrc/routes.c", "csrc/semaphore.c", "csrc/session.c",
+            "csrc/lock.c", "csrc/module.c", "csrc/renew.c", "csrc/routes.c", "csrc/semaphore.c", "csrc/session.c", "csrc/stream.c",
          },
          libraries = { "curl", "cjson", "pthread", "dl" },
          incdirs = { "$(CURL_INCDIR)", "$(CJSON_INCDIR)" },
