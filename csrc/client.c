@@ -577,7 +577,7 @@ static void q_value(lua_State *L, int arg, int vi, const qopt *o, consul_client 
             consul_query_add(L, c, o->wire, lua_toboolean(L, vi) ? "true" : "false",
                   lua_toboolean(L, vi) ? 4 : 5);
         else if (lua_toboolean(L, vi))
-            consul_query_add(L, c, o->wire, NULL, 0);
+            consul_query_add(L, c, o->wire, "true", 4);  /* 1.8 ignores a bare ?wan, ?connect */
         break;
     case Q_DUR:
         call->wait_ms = (long)q_wait(L, arg, vi, c);
@@ -693,7 +693,7 @@ void consul_push_meta(lua_State *L, const consul_resp *rs)
         lua_setfield(L, -2, "status");
     }
     if (rs->has_index) {
-        consul_push_u64(L, rs->index);
+        consul_push_index(L, rs->index);
         lua_setfield(L, -2, "index");
     }
     if (rs->known_leader >= 0) {

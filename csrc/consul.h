@@ -183,6 +183,7 @@ int consul_json_i64(const consul_json *d, const cJSON *n, int64_t *out);
 
 #define CONSUL_JSON_B64VALUE 1   /* "Value" strings are base64: decode / encode them */
 #define CONSUL_JSON_DURATIONS 2  /* numbers under TTL / LockDelay are seconds: send "Ns" */
+#define CONSUL_JSON_B64PAYLOAD 4 /* an event's "Payload" is base64: decode it */
 
 /* Pushes the Lua value of d->root (or of node). Can raise only for memory. */
 void consul_json_push(lua_State *L, const consul_json *d, cJSON *node, int flags);
@@ -193,7 +194,9 @@ void consul_json_push_b64(lua_State *L, cJSON *n);
 void consul_json_encode(lua_State *L, int idx, int arg, consul_buf *b, int flags);
 /* uint64 values in Lua: an integer (two's complement above 2^63) on 5.3+, a number on 5.1. */
 void consul_push_u64(lua_State *L, uint64_t v);
-int consul_to_u64(lua_State *L, int idx, uint64_t *out);  /* 0 ok, -1 not one */
+int consul_to_u64(lua_State *L, int idx, uint64_t *out);  /* 0 ok, -1 not one; takes a
+                                                         * decimal string too */
+void consul_push_index(lua_State *L, uint64_t v);  /* a string on 5.1 above 2^53 */
 int consul_json_null(lua_State *L);           /* pushes consul.null */
 int consul_json_empty_array(lua_State *L);    /* pushes consul.empty_array */
 void consul_json_open(lua_State *L);          /* creates the two sentinels in the registry */
@@ -223,6 +226,7 @@ enum consul_answer {
 
 #define CONSUL_CALL_STATUS_DATA 1  /* 429 and 503 carry an answer (agent service health) */
 #define CONSUL_CALL_ABSENT_OK 2    /* a 404 on this call is "absent" even if not a GET */
+#define CONSUL_CALL_EMPTY_BODY_OBJECT 4  /* no body given: send {} (Consul wants one) */
 
 typedef struct consul_call {
     const char *method;
@@ -303,6 +307,7 @@ typedef struct attempt {
     consul_buf body;
     char msg[1024];
     const char *method, *path;  /* of the last request, for messages */
+    int64_t *requests, *connects; /* a client's counters to add to, or NULL */
 } attempt;
 int consul_att_send(attempt *a, const char *method, const char *path, const char *query,
                     const char *body, size_t blen, long wait_ms);
@@ -324,7 +329,7 @@ int consul_renew_start(consul_lock *lk);
 void consul_renew_stop(consul_lock *lk, int release, int wait);
 void consul_renew_atexit_once(void);
 /* Releases the key and destroys an own session, over h. 0 ok, else rs->code; msg filled. */
-int consul_lock_release_now(consul_lock *lk, consul_http *h, consul_resp *rs, char *msg,
+int consul_lock_release_now(consul_lock *lk, attempt *a, consul_resp *rs, char *msg,
                             size_t n);
 int consul_lock_held(consul_lock *lk);
 void consul_lock_open(lua_State *L);  /* module table at -1 */

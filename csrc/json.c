@@ -164,8 +164,36 @@ void consul_push_u64(lua_State *L, uint64_t v)
 #endif
 }
 
+void consul_push_index(lua_State *L, uint64_t v)
+{
+#if LUA_VERSION_NUM < 503
+    if (v > (UINT64_C(1) << 53)) {
+        /* Not exact as a double (event indexes are hashes): a decimal string then, which
+         * an index option takes back as it is. */
+        char num[32];
+        snprintf(num, sizeof num, "%llu", (unsigned long long)v);
+        lua_pushstring(L, num);
+        return;
+    }
+#endif
+    consul_push_u64(L, v);
+}
+
 int consul_to_u64(lua_State *L, int idx, uint64_t *out)
 {
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        const char *s = lua_tostring(L, idx);
+        char *end;
+        unsigned long long v;
+        if (*s < '0' || *s > '9')
+            return -1;
+        errno = 0;
+        v = strtoull(s, &end, 10);
+        if (errno != 0 || *end != '\0')
+            return -1;
+        *out = (uint64_t)v;
+        return 0;
+    }
 #if LUA_VERSION_NUM >= 503
     if (!lua_isinteger(L, idx))
         return -1;
@@ -231,11 +259,12 @@ void consul_json_push(lua_State *L, const consul_json *d, cJSON *n, int flags)
     case cJSON_Object:
         lua_createtable(L, 0, 8);
         for (c = n->child; c != NULL; c = c->next) {
-            int is_value = (flags & CONSUL_JSON_B64VALUE) && strcmp(c->string, "Value") == 0;
+            int is_value = ((flags & CONSUL_JSON_B64VALUE) && strcmp(c->string, "Value") == 0) ||
+                           ((flags & CONSUL_JSON_B64PAYLOAD) && strcmp(c->string, "Payload") == 0);
             if (is_value && cJSON_IsString(c))
                 consul_json_push_b64(L, c);
-            else if (is_value && cJSON_IsNull(c))
-                lua_pushliteral(L, "");  /* Consul writes an empty value as null */
+            else if (is_value && cJSON_IsNull(c) && c->string[0] == 'V')
+                lua_pushliteral(L, "");  /* Consul writes an empty KV value as null */
             else if (cJSON_IsNull(c))
                 continue;  /* an absent field reads as nil */
             else

@@ -74,10 +74,10 @@ static int acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
 {
     int64_t start = consul_now_ms(), now;
     int64_t deadline = wait_ms < 0 ? INT64_MAX : start + wait_ms;
-    int64_t next_renew, holder_delay = -1, freed_at = 0;
+    int64_t next_renew, holder_delay = -1, freed_at = 0, backoff = 250;
     uint64_t index = 0;
     char holder[64] = "";
-    int tries = 0, refused = 0, rc;
+    int tries = 0, retake = 0, rc;
 
     if (lk->session[0] == '\0' && (rc = consul_att_session_create(lk, a)) != CONSUL_OK)
         return rc;
@@ -98,68 +98,61 @@ static int acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
             next_renew = now + LOAD(&lk->ttl_ms) / 2;
         }
         tries++;
-        if (index > 0) {
-            int64_t left = deadline - now;
-            if (lk->own_session && next_renew - now < left)
-                left = next_renew - now;
-            w = (long)(left > MAX_WAIT_MS ? MAX_WAIT_MS : left < 1 ? 1 : left);
-            snprintf(query, sizeof query, "index=%llu&wait=%ldms", (unsigned long long)index, w);
-        }
-        consul_att_send(a, "GET", lk->path, query, NULL, 0, w);
-        if (a->rs.code != CONSUL_OK && a->rs.status != 404)
-            return consul_att_failed(a);
-        if (a->rs.status == 200) {
-            if (consul_att_parse(a) != CONSUL_OK)
-                return a->rs.code;
-            rec = cJSON_IsArray(a->doc.root) ? a->doc.root->child : NULL;
-        }
-        if (rec != NULL) {
-            f = cJSON_GetObjectItemCaseSensitive(rec, "Flags");
-            if (consul_json_u64(&a->doc, f, &flags) != 0 || flags != lk->flags) {
-                snprintf(a->msg, sizeof a->msg,
-                         "consul: lock %s: the key exists and is not a lock (flags %llu)",
-                         lk->key, (unsigned long long)flags);
-                return CONSUL_ECONFLICT;
+        if (!retake) {
+            if (index > 0) {
+                int64_t left = deadline - now;
+                if (lk->own_session && next_renew - now < left)
+                    left = next_renew - now;
+                w = (long)(left > MAX_WAIT_MS ? MAX_WAIT_MS : left < 1 ? 1 : left);
+                snprintf(query, sizeof query, "index=%llu&wait=%ldms", (unsigned long long)index,
+                         w);
             }
-            s = cJSON_GetObjectItemCaseSensitive(rec, "Session");
-            if (cJSON_IsString(s) && strcmp(s->valuestring, lk->session) == 0) {
-                uint64_t mi;
-                if (consul_json_u64(&a->doc, cJSON_GetObjectItemCaseSensitive(rec, "ModifyIndex"),
-                                    &mi) == 0)
-                    lk->fence = mi;
-                return CONSUL_OK;  /* ours already */
+            consul_att_send(a, "GET", lk->path, query, NULL, 0, w);
+            now = consul_now_ms();  /* a blocking read may have waited long */
+            if (a->rs.code != CONSUL_OK && a->rs.status != 404)
+                return consul_att_failed(a);
+            if (a->rs.status == 200) {
+                if (consul_att_parse(a) != CONSUL_OK)
+                    return a->rs.code;
+                rec = cJSON_IsArray(a->doc.root) ? a->doc.root->child : NULL;
             }
-            if (cJSON_IsString(s) && s->valuestring[0] != '\0') {
-                /* Held by another: wait for the key to change. */
-                if (wait_ms == 0)
-                    goto timeout;
-                if (strcmp(holder, s->valuestring) != 0 && strlen(s->valuestring) < sizeof holder) {
-                    strcpy(holder, s->valuestring);
-                    holder_delay = consul_att_lock_delay(a, holder);
+            if (rec != NULL) {
+                f = cJSON_GetObjectItemCaseSensitive(rec, "Flags");
+                if (consul_json_u64(&a->doc, f, &flags) != 0 || flags != lk->flags) {
+                    snprintf(a->msg, sizeof a->msg,
+                             "consul: lock %s: the key exists and is not a lock (flags %llu)",
+                             lk->key, (unsigned long long)flags);
+                    return CONSUL_ECONFLICT;
                 }
-                freed_at = 0;
-                index = a->rs.has_index ? a->rs.index : 0;
-                continue;
+                s = cJSON_GetObjectItemCaseSensitive(rec, "Session");
+                if (cJSON_IsString(s) && strcmp(s->valuestring, lk->session) == 0) {
+                    uint64_t mi;
+                    if (consul_json_u64(&a->doc,
+                                        cJSON_GetObjectItemCaseSensitive(rec, "ModifyIndex"),
+                                        &mi) == 0)
+                        lk->fence = mi;
+                    return CONSUL_OK;  /* ours already */
+                }
+                if (cJSON_IsString(s) && s->valuestring[0] != '\0') {
+                    /* Held by another: wait for the key to change. */
+                    if (wait_ms == 0)
+                        goto timeout;
+                    index = a->rs.has_index ? a->rs.index : 0;
+                    if (strcmp(holder, s->valuestring) != 0 &&
+                        strlen(s->valuestring) < sizeof holder) {
+                        /* Its lock-delay tells how long to wait once it is gone. */
+                        strcpy(holder, s->valuestring);
+                        holder_delay = consul_att_lock_delay(a, holder);
+                    }
+                    freed_at = 0;
+                    continue;
+                }
             }
+            /* Free. */
+            if (holder[0] != '\0' && freed_at == 0)
+                freed_at = now;
         }
-        /* Free. */
-        if (holder[0] != '\0' && freed_at == 0)
-            freed_at = now;
-        if (refused) {
-            /* Refused with no holder: the last holder's lock-delay. Wait it out. */
-            int64_t until = holder_delay >= 0 && freed_at > 0 ? freed_at + holder_delay + 10
-                                                              : now + 250;
-            if (until <= now)
-                until = now + 250;
-            if (until > deadline)
-                until = deadline;
-            if (lk->own_session && until > next_renew)
-                until = next_renew;
-            consul_millisleep(until - now);
-            refused = 0;
-            index = 0;
-            continue;
-        }
+        retake = 0;
         rc = take(lk, a);
         if (rc == 1)
             return CONSUL_OK;
@@ -167,8 +160,34 @@ static int acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
             return -rc;
         if (wait_ms == 0)
             goto timeout;
-        refused = 1;
-        index = 0;
+        /* Refused. Held again by someone (the next read waits on it), or free but for the
+         * last holder's lock-delay: then sleep until it ends (when we saw that holder), or
+         * back off, and take again without reading first. */
+        consul_att_send(a, "GET", lk->path, NULL, NULL, 0, 0);
+        now = consul_now_ms();
+        if (a->rs.code == CONSUL_OK && consul_att_parse(a) == CONSUL_OK &&
+            cJSON_IsArray(a->doc.root) && a->doc.root->child != NULL &&
+            cJSON_IsString(s = cJSON_GetObjectItemCaseSensitive(a->doc.root->child, "Session")) &&
+            s->valuestring[0] != '\0') {
+            index = 0;
+            continue;
+        }
+        {
+            int64_t until;
+            if (holder_delay >= 0 && freed_at > 0 && freed_at + holder_delay + 10 > now) {
+                until = freed_at + holder_delay + 10;
+            } else {
+                until = now + backoff;
+                backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
+            }
+            if (until > deadline)
+                until = deadline;
+            if (lk->own_session && until > next_renew)
+                until = next_renew;
+            consul_millisleep(until - now);
+            retake = consul_now_ms() < deadline;
+            index = 0;
+        }
     }
 
 timeout:
@@ -181,14 +200,16 @@ timeout:
     return CONSUL_ETIMEOUT;
 }
 
-int consul_lock_release_now(consul_lock *lk, consul_http *h, consul_resp *rs, char *msg,
+int consul_lock_release_now(consul_lock *lk, attempt *base, consul_resp *rs, char *msg,
                             size_t n)
 {
     attempt a;
     char query[160];
     int rc = CONSUL_OK;
     memset(&a, 0, sizeof a);
-    a.h = h;
+    a.h = base->h;
+    a.requests = base->requests;
+    a.connects = base->connects;
     STORE(&lk->held, 0);
     if (lk->session[0] != '\0' && lk->kind == CONSUL_KIND_SEMAPHORE) {
         if ((rc = consul_sem_release(lk, &a)) != CONSUL_OK)
@@ -227,14 +248,21 @@ static consul_lock *checklock(lua_State *L, int idx)
     return u->lk;
 }
 
-/* The handle to talk over: the client's while it is open, else the lock's own. */
-static consul_http *lock_handle(lua_State *L, int idx, consul_lock *lk)
+/* The handle to talk over: the client's while it is open (its c:stats() then counts the
+ * requests), else the lock's own. */
+static void lock_handle(lua_State *L, int idx, consul_lock *lk, attempt *a)
 {
     consul_client *c;
     consul_getuservalue(L, idx);
     c = consul_testudata(L, -1, CONSUL_CLIENT_MT);
     lua_pop(L, 1);
-    return c != NULL && !c->closed ? &c->http : &lk->http;
+    if (c != NULL && !c->closed) {
+        a->h = &c->http;
+        a->requests = &c->requests;
+        a->connects = &c->connects;
+    } else {
+        a->h = &lk->http;
+    }
 }
 
 static int64_t opt_seconds_ms(lua_State *L, int idx, const char *name, int64_t dflt)
@@ -357,7 +385,7 @@ static int lock_run_acquire(lua_State *L, consul_lock *lk, int64_t wait_ms)
     attempt a;
     int rc;
     memset(&a, 0, sizeof a);
-    a.h = lock_handle(L, 1, lk);
+    lock_handle(L, 1, lk, &a);
     rc = lk->kind == CONSUL_KIND_SEMAPHORE ? consul_sem_acquire(lk, &a, wait_ms)
                                            : acquire(lk, &a, wait_ms);
     if (rc == CONSUL_OK && consul_renew_start(lk) != 0) {
@@ -457,6 +485,16 @@ static int lock_acquire(lua_State *L)
         return lua_settop(L, 1), 1;
     consul_renew_stop(lk, 0, 1);  /* a lost lock's thread */
     STORE(&lk->held, 0);
+    if (lk->own_session && lk->session[0] != '\0') {
+        /* Lost: its session may be gone (destroyed, expired) or still alive (the key was
+         * deleted). Either way a new attempt starts with a new session. */
+        attempt a;
+        consul_resp rs;
+        char msg[64];
+        memset(&a, 0, sizeof a);
+        lock_handle(L, 1, lk, &a);
+        consul_lock_release_now(lk, &a, &rs, msg, sizeof msg);
+    }
     lua_settop(L, 1);
     return lock_run_acquire(L, lk, wait_ms);
 }
@@ -466,6 +504,7 @@ static int lock_release(lua_State *L)
 {
     consul_lock *lk = checklock(L, 1);
     consul_resp rs;
+    attempt a;
     char msg[1024];
     consul_renew_stop(lk, 0, 1);
     if (lk->session[0] == '\0' || (!LOAD(&lk->held) && !lk->own_session)) {
@@ -473,7 +512,9 @@ static int lock_release(lua_State *L)
         lua_pushboolean(L, 1);
         return 1;
     }
-    if (consul_lock_release_now(lk, lock_handle(L, 1, lk), &rs, msg, sizeof msg) != CONSUL_OK) {
+    memset(&a, 0, sizeof a);
+    lock_handle(L, 1, lk, &a);
+    if (consul_lock_release_now(lk, &a, &rs, msg, sizeof msg) != CONSUL_OK) {
         lua_pushnil(L);
         lua_pushstring(L, msg);
         consul_push_meta(L, &rs);

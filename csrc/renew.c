@@ -202,8 +202,11 @@ static void *renew_main(void *arg)
 
     if (LOAD(&lk->release_on_stop)) {
         consul_resp rs;
+        attempt a;
         char msg[64];
-        consul_lock_release_now(lk, &lk->http, &rs, msg, sizeof msg);
+        memset(&a, 0, sizeof a);
+        a.h = &lk->http;
+        consul_lock_release_now(lk, &a, &rs, msg, sizeof msg);
     }
     pthread_mutex_lock(&reg_mu);
     if (lk->prev != NULL)

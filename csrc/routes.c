@@ -139,11 +139,14 @@ static const route routes[] = {
 
     /* discovery chain */
     R("discovery_chain", "get", "GET", "/v1/discovery-chain/:service"),
-    RB("discovery_chain", "compile", "POST", "/v1/discovery-chain/:service", B_OPT),
+    RX("discovery_chain", "compile", "POST", "/v1/discovery-chain/:service", B_OPT,
+       CONSUL_ANS_AUTO, 0, CONSUL_CALL_EMPTY_BODY_OBJECT),
 
     /* event */
-    RB("event", "fire", "PUT", "/v1/event/fire/:name", B_OPT),
-    R("event", "list", "GET", "/v1/event/list"),
+    RX("event", "fire", "PUT", "/v1/event/fire/:name", B_OPT, CONSUL_ANS_AUTO,
+       CONSUL_JSON_B64PAYLOAD, 0),
+    RX("event", "list", "GET", "/v1/event/list", B_NONE, CONSUL_ANS_AUTO, CONSUL_JSON_B64PAYLOAD,
+       0),
 
     /* health */
     R("health", "node", "GET", "/v1/health/node/:node"),
@@ -257,6 +260,10 @@ static int route_call(lua_State *L)
             consul_json_encode(L, arg, arg, &c->enc, r->json_flags);
             call.body = c->enc.data;
             call.body_len = c->enc.len;
+            call.content_type = "application/json";
+        } else if (t == LUA_TNIL && (r->flags & CONSUL_CALL_EMPTY_BODY_OBJECT)) {
+            call.body = "{}";
+            call.body_len = 2;
             call.content_type = "application/json";
         } else if (t != LUA_TNIL || r->body == B_REQ) {
             return luaL_argerror(L, arg, lua_pushfstring(L, "table or string expected, got %s",

@@ -28,7 +28,12 @@ int consul_att_send(attempt *a, const char *method, const char *path, const char
     a->method = method;
     a->path = path;
     consul_json_free(&a->doc);
-    return consul_http_perform(a->h, &rq, &a->rs);
+    consul_http_perform(a->h, &rq, &a->rs);
+    if (a->requests != NULL) {
+        (*a->requests)++;
+        *a->connects += a->rs.connects;
+    }
+    return a->rs.code;
 }
 
 int consul_att_failed(attempt *a)
@@ -89,9 +94,9 @@ void consul_att_session_destroy(consul_lock *lk, attempt *a)
     if (lk->own_session && lk->session[0]) {
         snprintf(path, sizeof path, "/v1/session/destroy/%s", lk->session);
         consul_att_send(a, "PUT", path, NULL, NULL, 0, 0);
-    }
-    lk->session[0] = '\0';
-    lk->own_session = 0;
+        lk->session[0] = '\0';
+        lk->own_session = 0;
+    }  /* a session the caller gave stays: the lock may take it again */
 }
 
 /* Renews the session while waiting; CONSUL_OK, or a failure (the session is gone). */

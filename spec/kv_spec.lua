@@ -963,7 +963,7 @@ c:close()
     end)
 
     it("an option of the wrong type", function()
-      raises_at_caller(function() c.kv:put(P .. "bad/k", "v", { cas = "1" }) end, "option 'cas' must be an integer")
+      raises_at_caller(function() c.kv:put(P .. "bad/k", "v", { cas = "one" }) end, "option 'cas' must be an integer")
       raises_at_caller(function() c.kv:put(P .. "bad/k", "v", { flags = 1.5 }) end, "option 'flags' must be an integer")
       raises_at_caller(function() c.kv:get(P .. "bad/k", { index = "x" }) end, "option 'index' must be an integer")
       raises_at_caller(function() c.kv:get(P .. "bad/k", { wait = "soon" }) end, "option 'wait'")
