@@ -62,15 +62,26 @@ void consul_millisleep(int64_t ms)
         ;
 }
 
+/* A Go duration for ms: "15s" when whole seconds, else "1500ms". */
+static void duration(char *out, size_t n, int64_t ms)
+{
+    if (ms % 1000 == 0)
+        snprintf(out, n, "%llds", (long long)(ms / 1000));
+    else
+        snprintf(out, n, "%lldms", (long long)ms);
+}
+
 int consul_att_session_create(consul_lock *lk, attempt *a)
 {
     cJSON *id;
+    char ttl[32], delay[32];
+    duration(ttl, sizeof ttl, lk->ttl_def_ms);
+    duration(delay, sizeof delay, lk->lock_delay_ms);
     consul_buf_reset(&a->body);
     if (consul_buf_adds(&a->body, "{\"Name\":\"") != 0 ||
         consul_buf_adds(&a->body, lk->name) != 0 ||  /* checked: no quote or backslash */
-        consul_buf_addf(&a->body, "\",\"TTL\":\"%lldms\",\"LockDelay\":\"%lldms\",\"Behavior\":\"%s\"}",
-                        (long long)lk->ttl_def_ms, (long long)lk->lock_delay_ms,
-                        lk->behavior_delete ? "delete" : "release") != 0)
+        consul_buf_addf(&a->body, "\",\"TTL\":\"%s\",\"LockDelay\":\"%s\",\"Behavior\":\"%s\"}",
+                        ttl, delay, lk->behavior_delete ? "delete" : "release") != 0)
         return CONSUL_ENOMEM;
     if (consul_att_send(a, "PUT", "/v1/session/create", NULL, a->body.data, a->body.len, 0) != CONSUL_OK)
         return consul_att_failed(a);
