@@ -23,7 +23,7 @@ BUSTED    = busted --output=utfTerminal
 LUA54_INC  = -I/usr/include/lua5.4
 LUAJIT_INC = -I/usr/include/luajit-2.1
 
-.PHONY: all deps test test-54 test-jit demo bench valgrind asan install clean check-readme
+.PHONY: all deps test test-54 test-jit demo bench valgrind asan install clean readme check-readme
 
 all: deps build/5.4/consul/core.so build/jit/consul/core.so
 
@@ -49,7 +49,7 @@ build/jit/consul/core.so: $(SRC) $(HDR)
 PATHS54  = LUA_PATH="./lua/?.lua;./?.lua;./?/init.lua;;" LUA_CPATH="./build/5.4/?.so;;"
 PATHSJIT = LUA_PATH="./lua/?.lua;./?.lua;./?/init.lua;;" LUA_CPATH="./build/jit/?.so;;"
 
-test: all
+test: all check-readme
 	@rm -f build/results-*.txt
 	scripts/with-agent.sh env $(PATHS54) $(BUSTED) --lua=lua5.4 spec 2>&1 | tee build/results-5.4.txt; \
 	  s1=$${PIPESTATUS[0]}; \
@@ -57,6 +57,13 @@ test: all
 	  s2=$${PIPESTATUS[0]}; \
 	scripts/summary.sh build/results-5.4.txt build/results-jit.txt; \
 	test $$s1 = 0 && test $$s2 = 0
+
+# The README's endpoint table is generated from consul.routes(): write it, or check it.
+readme: build/5.4/consul/core.so
+	scripts/readme-routes.sh write
+
+check-readme: build/5.4/consul/core.so
+	scripts/readme-routes.sh check
 
 test-54: all
 	scripts/with-agent.sh env $(PATHS54) $(BUSTED) --lua=lua5.4 spec

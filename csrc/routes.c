@@ -283,7 +283,7 @@ static int group_tostring(lua_State *L)
     return 1;
 }
 
-/* consul.routes(): { {group=, name=, method=, path=}, ... } */
+/* consul.routes(): { {group=, name=, method=, path=, body="required"|"optional"|nil}, ... } */
 static int consul_routes(lua_State *L)
 {
     size_t i;
@@ -298,6 +298,10 @@ static int consul_routes(lua_State *L)
         lua_setfield(L, -2, "method");
         lua_pushstring(L, routes[i].path);
         lua_setfield(L, -2, "path");
+        if (routes[i].body != B_NONE) {
+            lua_pushstring(L, routes[i].body == B_REQ ? "required" : "optional");
+            lua_setfield(L, -2, "body");
+        }
         lua_rawseti(L, -2, (int)i + 1);
     }
     return 1;
