@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Throwaway Consul dev agents for tests.
 #
-#   scripts/agent.sh start DIR [--acl] [--tls] [--tls-verify-incoming]
-#                              [--unix] [--encrypt] [--name NAME]
+#   scripts/agent.sh start DIR [--acl] [--acl-no-bootstrap] [--tls]
+#                              [--tls-verify-incoming] [--unix] [--encrypt]
+#                              [--name NAME]
 #       Starts `consul agent -dev` on 127.0.0.1 with free ports, state in DIR
 #       (created).  When the agent is ready, prints KEY=value lines on stdout
 #       (values are single-quoted shell-style only when they need it):
-#         ADDR HTTP_PORT PID DIR NODE DC LOG SERF_LAN_PORT SERVER_PORT
-#                                              always
+#         ADDR HTTP_PORT PID DIR NODE DC LOG SERF_LAN_PORT SERF_WAN_PORT
+#         SERVER_PORT                          always
 #         TOKEN                                --acl (management token; also
 #                                              set as the agent's own token)
 #         HTTPS_ADDR HTTPS_PORT CA_FILE CLIENT_CERT CLIENT_KEY
@@ -16,6 +17,12 @@
 #         ENCRYPT_KEY                          --encrypt
 #       Ready means: /v1/status/leader names a leader, the ACL bootstrap (if
 #       any) succeeded, and the node itself is in the catalog.
+#       --acl-no-bootstrap: ACLs enabled as with --acl, but nobody bootstraps
+#       them (no TOKEN is printed; the catalog wait is skipped, as reading it
+#       needs a token).  Ready then means: a leader, and the ACL system
+#       answers an anonymous /v1/acl/token/self with 403 "ACL not found".
+#       (Right after that a bootstrap may still get 500 "The ACL system is
+#       currently in legacy mode" for a moment: retry on it.)
 #       All diagnostics go to stderr.  Exit status non-zero on failure (the
 #       process is stopped again).
 #
@@ -186,10 +193,11 @@ if [ "$cmd" = stop ]; then
 fi
 [ "$cmd" = start ] || usage
 
-acl=0 tls=0 verify=0 unix=0 encrypt=0 name=""
+acl=0 bootstrap=1 tls=0 verify=0 unix=0 encrypt=0 name=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --acl) acl=1;;
+    --acl-no-bootstrap) acl=1; bootstrap=0;;
     --tls) tls=1;;
     --tls-verify-incoming) tls=1; verify=1;;
     --unix) unix=1;;
@@ -382,7 +390,19 @@ fail() { tail_log; stop_dir "$dir" force; die "$*"; }
 
 # --- ACL bootstrap -----------------------------------------------------------
 token=""
-if [ $acl = 1 ]; then
+if [ $acl = 1 ] && [ $bootstrap = 0 ]; then
+  # not bootstrapped: wait until the ACL system resolves tokens
+  deadline=$((SECONDS + timeout_s))
+  while :; do
+    resp=$(http_req GET "$http_port" /v1/acl/token/self 2>/dev/null || true)
+    status=${resp%%$'\n'*}
+    body=${resp#*$'\n'}
+    [ "$status" = 403 ] && [[ $body == *"ACL not found"* ]] && break
+    [ $SECONDS -lt $deadline ] || fail "ACL system not up: status '$status' body '$body'"
+    pid_alive "$pid" || fail "agent died while waiting for the ACL system"
+    sleep 0.1
+  done
+elif [ $acl = 1 ]; then
   deadline=$((SECONDS + timeout_s))
   while :; do
     resp=$(http_req PUT "$http_port" /v1/acl/bootstrap 2>/dev/null || true)
@@ -404,7 +424,7 @@ fi
 # --- wait until the agent's own node is in the catalog -------------------------
 # (so tests can query /v1/catalog/node/NODE etc. right away)
 deadline=$((SECONDS + timeout_s))
-while :; do
+while [ $acl = 0 ] || [ $bootstrap = 1 ]; do
   resp=$(http_req GET "$http_port" "/v1/catalog/node/$name" "$token" 2>/dev/null || true)
   status=${resp%%$'\n'*}
   body=${resp#*$'\n'}
@@ -432,8 +452,9 @@ emit NODE "$name"
 emit DC "$dc"
 emit LOG "$dir/agent.log"
 emit SERF_LAN_PORT "$serf_lan"
+emit SERF_WAN_PORT "$serf_wan"
 emit SERVER_PORT "$server_port"
-[ $acl = 1 ] && emit TOKEN "$token"
+[ $acl = 1 ] && [ $bootstrap = 1 ] && emit TOKEN "$token"
 if [ $tls = 1 ]; then
   emit HTTPS_ADDR "127.0.0.1:$https_port"
   emit HTTPS_PORT "$https_port"

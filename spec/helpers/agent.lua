@@ -8,9 +8,10 @@
 --   agent.shared()             -- the wrapper's shared agent (from env)
 --   local a = agent.start({ acl = true, tls = true, tls_verify_incoming = true,
 --                           unix = true, encrypt = true, name = "x" })
+--   agent.start({ acl = true, bootstrap = false })  -- ACLs on, not bootstrapped (no a.token)
 --   a.addr, a.http_port, a.https_addr, a.https_port, a.ca_file,
 --   a.client_cert, a.client_key, a.token, a.unix_path, a.encrypt_key,
---   a.node, a.dc, a.dir, a.pid, a.log
+--   a.node, a.dc, a.dir, a.pid, a.log, a.serf_lan_port, a.serf_wan_port, a.server_port
 --   a:stop()                   -- idempotent
 --   a:http(method, path, body, token, opts)  -- same as agent.http(a, ...)
 --   agent.bin()                -- path of the consul binary
@@ -250,7 +251,7 @@ Agent.__index = Agent
 local started = {}
 
 local NUMERIC = { http_port = true, https_port = true, pid = true,
-  serf_lan_port = true, server_port = true }
+  serf_lan_port = true, serf_wan_port = true, server_port = true }
 
 -- parse KEY=value / KEY='value' lines printed by scripts/agent.sh
 local function parse_kv(out)
@@ -282,6 +283,7 @@ local FLAGS = {
 
 -- agent.start(opts) --> agent table; errors (with the agent log tail) on failure
 --   opts: acl, tls, tls_verify_incoming, unix, encrypt (booleans),
+--         bootstrap (default true; false with acl: nobody bootstraps the ACLs),
 --         name (node name), dir (directory; default agent.tmpdir())
 function M.start(opts)
   opts = opts or {}
@@ -289,6 +291,13 @@ function M.start(opts)
   for k, v in pairs(opts) do
     if FLAGS[k] then
       if v then args[#args + 1] = FLAGS[k] end
+    elseif k == "bootstrap" then
+      if v == false then
+        if not opts.acl then
+          error("agent.start: bootstrap = false needs acl = true", 2)
+        end
+        args[#args + 1] = "--acl-no-bootstrap"
+      end
     elseif k == "name" then
       args[#args + 1] = "--name " .. quote(v)
     elseif k ~= "dir" then
