@@ -343,10 +343,7 @@ describe("consul locks", function()
       assert.is_truthy(raw_session(id), "the lock destroyed a session it did not create")
     end)
 
-    -- known bug: release forgets a session the lock did not create (session.c,
-    -- consul_att_session_destroy clears lk->session whatever own_session says), so
-    -- acquire() afterwards creates (and owns) a new session instead of using the given one
-    it("session: acquire() after release takes the key with the same session #knownbug",
+    it("session: acquire() after release takes the key with the same session",
       function()
         local key = P .. "opts/session2/.lock"
         local id = assert(c.session:create({ Name = "spec own session 2", LockDelay = 0 }))
@@ -434,7 +431,7 @@ describe("consul locks", function()
 
   ---------------------------------------------------------------------------
   describe("external loss", function()
-    it("the session destroyed from outside: held() false within 2 s; acquire() takes it again #knownbug",
+    it("the session destroyed from outside: held() false within 2 s; acquire() takes it again",
       function()
         local key = P .. "loss/session/.lock"
         local lock = assert(c:lock(key, { ttl = 10, lock_delay = 0 }))
@@ -448,8 +445,6 @@ describe("consul locks", function()
         local t0 = now()
         local again, err, meta = lock:acquire({ wait = 5 })
         local elapsed = now() - t0
-        -- known bug: acquire() reuses the destroyed session (lock.c: lock_acquire keeps
-        -- lk->session), spins on refused takes until its renew gets a 404
         assert(again, tostring(err) .. " (code " .. tostring(meta and meta.code) .. ", after " ..
           string.format("%.1f", elapsed) .. " s)")
         assert.are.equal(lock, again)
@@ -458,21 +453,6 @@ describe("consul locks", function()
         assert.is_true(lock.fence > fence1)
         assert.are.equal(lock.session, holder(key))
       end)
-
-    it("the session destroyed from outside: a second acquire() works (workaround)", function()
-      local key = P .. "loss/session2/.lock"
-      local lock = assert(c:lock(key, { ttl = 10, lock_delay = 0 }))
-      finally(function() lock:release() end)
-      local fence1 = lock.fence
-      assert.is_true(c2.session:destroy(lock.session))
-      assert.is_truthy(wait_until(slack(2, 6), function() return not lock:held() end))
-      if not lock:acquire({ wait = 0 }) then
-        assert(lock:acquire({ wait = 5 }))
-      end
-      assert.is_true(lock:held())
-      assert.is_true(lock.fence > fence1)
-      assert.are.equal(lock.session, holder(key))
-    end)
 
     it("the key deleted from outside: held() false within 2 s; acquire() gives a larger fence",
       function()
@@ -654,11 +634,9 @@ describe("consul locks", function()
       return n, lines, res
     end
 
-    -- known bug (lock.c, acquire()): freed_at is taken from `now`, read before the blocking
-    -- GET that saw the key freed, so the wait-out ends early by however long that GET blocked
-    -- and the rest of the lock-delay is polled every 250 ms (with a holder that held the key
-    -- for a while, the whole delay is polled: 3 requests every 250 ms for 15 s by default).
-    it("an acquire waiting on the holder waits out its lock-delay once it is destroyed #knownbug",
+    -- (fixed in 0b0db53: freed_at used to be the time read before the blocking GET that saw
+    -- the key freed, so the rest of the delay was polled every 250 ms)
+    it("an acquire waiting on the holder waits out its lock-delay once it is destroyed",
       function()
         local key = P .. "delay/seen/.lock"
         local c3 = consul.new({ addr = A })
@@ -710,12 +688,12 @@ describe("consul locks", function()
         assert.is_true(elapsed >= 0.8, "acquired after " .. elapsed .. " s: lock-delay not honoured")
         assert.is_true(elapsed < slack(2.5, 5), "acquired after " .. elapsed .. " s")
         -- The delay's length is unknown here (the holder's session is gone), so the module
-        -- retries every 250 ms (3 requests a round): a bounded poll, not a busy loop.
+        -- backs off (250 ms, doubling up to 2 s): a bounded poll, not a busy loop.
         assert.is_true(n <= 30, n .. " requests in " .. elapsed .. " s: it spins")
         assert.is_true(lock:held())
       end)
 
-    -- Known bug on LuaJIT (Lua 5.4 passes since the counters went into the attempt): lock.c
+    -- Known bug on LuaJIT (Lua 5.4 passes since 0b0db53 counts the attempt's requests): lock.c
     -- client_lock stores the client userdata with consul_setuservalue, which is lua_setfenv
     -- on 5.1/LuaJIT and takes a table only; lock_handle's consul_getuservalue then gives a
     -- table-tagged value that is no userdata, so every lock talks over its own connection
