@@ -751,6 +751,8 @@ int consul_client_call(lua_State *L, consul_client *c, consul_call *call, consul
                   (rs->status == 429 || rs->status == 503);
     if (rs->code == CONSUL_EHTTP && (absent_ok || status_data))
         rs->code = CONSUL_OK;
+    if (status_data && !rs->json && rs->body_len > 0 && (rs->body[0] == '{' || rs->body[0] == '['))
+        rs->json = 1;  /* Consul sends those answers without their Content-Type */
     if (rs->code != CONSUL_OK)
         return consul_push_failure(L, c, call, rs);
     if (absent_ok) {

@@ -496,16 +496,28 @@ static void failure_text(const consul_resp *rs, char *out, size_t n)
         if (out[0] != '\0')
             return;
     }
-    while (*b == ' ' || *b == '\t' || *b == '\r' || *b == '\n')
-        b++;
-    len = (int)strcspn(b, "\r\n");
-    while (len > 0 && (b[len - 1] == ' ' || b[len - 1] == '\t'))
-        len--;
-    if (len > 300)
-        len = 300;
-    if (len > 0)
-        snprintf(out, n, "%.*s", len, b);
-    else
+    /* The body on one line: each run of white space becomes one space (Consul's multi-line
+     * errors put the reason after the first line break). */
+    {
+        size_t o = 0, i, cap = n - 1 < 300 ? n - 1 : 300;
+        int space = 1;
+        for (i = 0; i < rs->body_len && o < cap; i++) {
+            unsigned char ch = (unsigned char)b[i];
+            if (ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n') {
+                if (!space)
+                    out[o++] = ' ';
+                space = 1;
+            } else {
+                out[o++] = (char)ch;
+                space = 0;
+            }
+        }
+        while (o > 0 && out[o - 1] == ' ')
+            o--;
+        out[o] = '\0';
+    }
+    len = (int)strlen(out);
+    if (len == 0)
         snprintf(out, n, "%s", rs->reason);
 }
 

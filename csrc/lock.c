@@ -254,8 +254,9 @@ static void lock_handle(lua_State *L, int idx, consul_lock *lk, attempt *a)
 {
     consul_client *c;
     consul_getuservalue(L, idx);
+    lua_rawgeti(L, -1, 1);
     c = consul_testudata(L, -1, CONSUL_CLIENT_MT);
-    lua_pop(L, 1);
+    lua_pop(L, 2);
     if (c != NULL && !c->closed) {
         a->h = &c->http;
         a->requests = &c->requests;
@@ -440,8 +441,11 @@ static int new_lock(lua_State *L, int kind, int limit, int opts)
     u->lk = NULL;
     luaL_getmetatable(L, CONSUL_LOCK_MT);
     lua_setmetatable(L, -2);
+    /* The lock keeps its client alive, in a table (Lua 5.1's environments are tables). */
+    lua_createtable(L, 1, 0);
     lua_pushvalue(L, 1);
-    consul_setuservalue(L, -2);                    /* the lock keeps its client alive */
+    lua_rawseti(L, -2, 1);
+    consul_setuservalue(L, -2);
     u->lk = lk = consul_lock_new(c->conf);
     if (lk == NULL)
         return luaL_error(L, "not enough memory");

@@ -67,7 +67,8 @@ static const route routes[] = {
     R("acl", "token_read", "GET", "/v1/acl/token/:accessor_id"),
     RB("acl", "token_update", "PUT", "/v1/acl/token/:accessor_id", B_REQ),
     R("acl", "token_delete", "DELETE", "/v1/acl/token/:accessor_id"),
-    RB("acl", "token_clone", "PUT", "/v1/acl/token/:accessor_id/clone", B_OPT),
+    RX("acl", "token_clone", "PUT", "/v1/acl/token/:accessor_id/clone", B_OPT, CONSUL_ANS_AUTO,
+       0, CONSUL_CALL_EMPTY_BODY_OBJECT),
 
     /* agent */
     RB("agent", "update_token", "PUT", "/v1/agent/token/:type", B_REQ),
@@ -171,7 +172,8 @@ static const route routes[] = {
     R("operator", "autopilot_get_configuration", "GET", "/v1/operator/autopilot/configuration"),
     RB("operator", "autopilot_set_configuration", "PUT", "/v1/operator/autopilot/configuration",
        B_REQ),
-    R("operator", "autopilot_server_health", "GET", "/v1/operator/autopilot/health"),
+    RX("operator", "autopilot_server_health", "GET", "/v1/operator/autopilot/health", B_NONE,
+       CONSUL_ANS_AUTO, 0, CONSUL_CALL_STATUS_DATA),  /* 429: unhealthy, with the report */
 
     /* prepared queries */
     R("query", "list", "GET", "/v1/query"),

@@ -441,13 +441,13 @@ describe("consul acl", function()
       assert.are.equal(200, (raw("GET", "/v1/kv/spec/acl/tok/a?raw", nil, cl.SecretID)))
     end)
 
-    -- KNOWN BUG (csrc/routes.c:70, token_clone): the body is optional (B_OPT; Consul's only
+    -- Regression (was a bug, fixed; csrc/routes.c:70, token_clone): the body is optional (B_OPT; Consul's only
     -- field, Description, is optional), but with no body the module sends none and Consul 1.8
     -- answers 400 "Token decoding failed: EOF" (its Go client always sends a JSON object).
     -- Fix: give the route CONSUL_CALL_EMPTY_BODY_OBJECT (send {} when no body is given):
     --   RX("acl", "token_clone", "PUT", "/v1/acl/token/:accessor_id/clone", B_OPT,
     --      CONSUL_ANS_AUTO, 0, CONSUL_CALL_EMPTY_BODY_OBJECT),
-    it("KNOWN BUG routes.c:70: token_clone without a body clones", function()
+    it("token_clone without a body clones", function()
       local t = assert(c.acl:token_create({ Description = "spec orig2", Policies = { { ID = pol.ID } } }))
       local cl, err = c.acl:token_clone(t.AccessorID)
       assert.is_nil(err)

@@ -112,11 +112,11 @@ describe("consul agent", function()
       assert.is_table(find(s, "Name", A.node))
     end)
 
-    -- KNOWN BUG (csrc/client.c:580, q_value, Q_BOOL): a true boolean option goes out as a
+    -- Regression (was a bug, fixed; csrc/client.c:580, q_value, Q_BOOL): a true boolean option goes out as a
     -- bare "?wan". Consul 1.8 reads ?wan with Query().Get("wan") != "" (members and join), so
     -- it answers with the LAN pool. Fix: send "wan=true" (or "name=true" for every Q_BOOL:
     -- the presence checks accept it too; the Go client sends wan=1).
-    it("KNOWN BUG client.c:580: members with wan=true lists the WAN pool", function()
+    it("members with wan=true lists the WAN pool", function()
       local cfg = assert(c.agent:self()).DebugConfig
       local lan = assert(find(assert(c.agent:members()), "Name", A.node))
       assert.are.equal(cfg.SerfPortLAN, lan.Port)

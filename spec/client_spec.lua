@@ -315,12 +315,12 @@ describe("consul client", function()
       raises("bad option 'scheme' to 'new' %(string expected, got boolean%)", function() consul.new({ scheme = true }) end)
     end)
 
-    -- KNOWN GAP (csrc/client.c:285): `host` is checked with luaL_checkstring(L, -1), so a
+    -- Regression (was a gap, fixed; csrc/client.c:285): `host` is checked with luaL_checkstring(L, -1), so a
     -- bad host says "bad argument #-1 to 'new' (string expected, got table)" and does not
     -- name the option. Proposed fix: check it like the others, e.g.
     --   if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "bad option 'host' to 'new'
     --       (string expected, got %s)", luaL_typename(L, -1));
-    it("KNOWN GAP client.c:285: a bad host raises naming the option 'host'", function()
+    it("a bad host raises naming the option 'host'", function()
       raises("bad option 'host' to 'new' %(string expected, got table%)", function() consul.new({ host = {} }) end)
     end)
 
@@ -338,13 +338,13 @@ describe("consul client", function()
         child_ok(child({ CONSUL_HTTP_ADDR = dead }, { host = host, port = tonumber(port) }))
       end)
 
-      -- KNOWN GAP (csrc/client.c:309-315, configure): the scheme prefix of CONSUL_HTTP_ADDR
+      -- Regression (was a gap, fixed; csrc/client.c:309-315, configure): the scheme prefix of CONSUL_HTTP_ADDR
       -- overrides an explicit scheme option: { scheme = "http" } with
       -- CONSUL_HTTP_ADDR=https://h:p gives an https client. An explicit option should win
       -- over the environment. Proposed fix: remember whether addr came from the option or
       -- the environment, and when it came from CONSUL_HTTP_ADDR and the scheme option is
       -- given, strip the env's "http(s)://" prefix without touching `https`.
-      it("KNOWN GAP client.c:309: an explicit scheme wins over CONSUL_HTTP_ADDR's https://", function()
+      it("an explicit scheme wins over CONSUL_HTTP_ADDR's https://", function()
         local r = child({ CONSUL_HTTP_ADDR = "https://127.0.0.1:1" }, { scheme = "http" }, "-")
         assert.equals("consul.Client (http://127.0.0.1:1)", r.str, r.out)
       end)
@@ -470,13 +470,13 @@ describe("consul client", function()
       assert.is_true(dt >= 0.4 and dt < 2, "took " .. dt .. " s")
     end)
 
-    -- KNOWN GAP (csrc/client.c:606, consul_opts): with `index` and no `wait`, Consul blocks
+    -- Regression (was a gap, fixed; csrc/client.c:606, consul_opts): with `index` and no `wait`, Consul blocks
     -- for its default wait of 5 minutes, but the module extends the HTTP timeout only by an
     -- explicit wait, so `c.kv:get(k, { index = i })` fails with "timeout" after `timeout`
     -- seconds (10 by default) whenever nothing changes. Proposed fix: in consul_opts, when
     -- `index` is given without `wait`, set call->wait_ms = 300000 (Consul's default wait),
     -- so the timeout becomes timeout + 5m + 5m/16.
-    it("KNOWN GAP client.c:606: index without wait blocks past the client's timeout", function()
+    it("index without wait blocks past the client's timeout", function()
       local k = PREFIX .. "blocking/nowait"
       local x = consul.new({ addr = shared.addr, timeout = 1 })
       assert.is_true((x.kv:put(k, "v1")))
@@ -637,14 +637,14 @@ describe("consul client", function()
           assert.matches("^consul: GET /v1/status/leader: ", err)
           assert.is_nil(err:find("\n"))
           -- today libcurl reports the peer's refusal as a send or receive error: "closed"
-          -- (see the KNOWN GAP spec below); either is a clean failure
+          -- (see the regression spec below); either is a clean failure
           assert.is_truthy(meta.code == "tls" or meta.code == "closed", meta.code)
           assert.is_nil(meta.status)
         end
         x:close()
       end)
 
-      -- KNOWN GAP (csrc/http.c:318-321, map_error): when an https agent refuses the
+      -- Regression (was a gap, fixed; csrc/http.c:318-321, map_error): when an https agent refuses the
       -- handshake for want of a client certificate, libcurl fails with CURLE_SEND_ERROR
       -- ("getpeername() failed with errno 107") or CURLE_RECV_ERROR ("sslv3 alert bad
       -- certificate"), which map_error reports as "closed" with that text. It is a TLS
@@ -653,7 +653,7 @@ describe("consul client", function()
       -- https:// base_url when no status came (rs->status == 0) and this request opened
       -- its connection (CURLINFO_NUM_CONNECTS > 0), report CONSUL_ETLS, e.g.
       -- "TLS with %s: handshake refused by the server (client certificate required?): %s".
-      it("KNOWN GAP http.c:318: a refused client certificate is meta.code \"tls\"", function()
+      it("a refused client certificate is meta.code \"tls\"", function()
         local x = consul.new({ addr = "https://" .. m.https_addr, ca_file = m.ca_file })
         local r, err, meta = x.status:leader()
         x:close()

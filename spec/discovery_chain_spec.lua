@@ -67,10 +67,10 @@ describe("consul discovery_chain", function()
     assert.are_not.equal("", ch.CustomizationHash)
   end)
 
-  -- KNOWN GAP (csrc/routes.c:142): compile's body is optional (B_OPT), but Consul 1.8 decodes
+  -- Regression (was a gap, fixed; csrc/routes.c:142): compile's body is optional (B_OPT), but Consul 1.8 decodes
   -- the POST body unconditionally: an empty one is a 400 ("Request decoding failed: EOF").
   -- Fix: send "{}" when no body is given (or make the body required).
-  it("KNOWN GAP routes.c:142: compile without a body is get by POST", function()
+  it("compile without a body is get by POST", function()
     -- (the route's body is optional)
     local r, err = c.discovery_chain:compile(API)
     assert.is_nil(err)

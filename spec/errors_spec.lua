@@ -306,11 +306,11 @@ describe("errors", function()
       raises("bad argument #3 to 'request' %(cannot encode a function as JSON%)", function() c:request("PUT", "/v1/kv/x", { body = print }) end)
     end)
 
-    -- KNOWN BUG (csrc/client.c:791, 797, 801, build_headers): a bad opts.headers is
+    -- Regression (was a bug, fixed; csrc/client.c:791, 797, 801, build_headers): a bad opts.headers is
     -- blamed on argument 3 of the C function, which is the path; opts is argument 4. So
     -- the message says "bad argument #2 to 'request'" (the path) instead of #3 (opts).
     -- Proposed fix: luaL_argerror(L, 4, ...) in those three places.
-    it("KNOWN BUG client.c:791: a bad opts.headers blames the options (#3), not the path", function()
+    it("a bad opts.headers blames the options (#3), not the path", function()
       raises("bad argument #3 to 'request' %(option 'headers' must be a table%)", function() c:request("GET", "/v1/kv/x", { headers = "X-A: b" }) end)
       raises("bad argument #3 to 'request' %(option 'headers' must map strings to strings%)", function() c:request("GET", "/v1/kv/x", { headers = { "X-A: b" } }) end)
       raises("bad argument #3 to 'request' %(option 'headers' has a bad header name or value%)", function() c:request("GET", "/v1/kv/x", { headers = { ["X-A"] = "b\r\nX-B: c" } }) end)

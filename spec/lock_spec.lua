@@ -17,8 +17,6 @@
 -- must run the ASan interpreter (build/asan/lua), because the instrumented core.so on
 -- LUA_CPATH cannot be loaded into a plain lua5.4.
 --
--- Specs tagged #knownbug describe a bug of the C core that is reported, not yet fixed; run
--- `busted --exclude-tags=knownbug` to leave them out.
 
 local consul = require("consul")
 local agent = require("spec.helpers.agent")
@@ -698,7 +696,7 @@ describe("consul locks", function()
     -- on 5.1/LuaJIT and takes a table only; lock_handle's consul_getuservalue then gives a
     -- table-tagged value that is no userdata, so every lock talks over its own connection
     -- and the client's counters never move.
-    it("c:stats().requests counts the requests a lock makes over the client #knownbug", function()
+    it("c:stats().requests counts the requests a lock makes over the client", function()
       local key = P .. "delay/stats/.lock"
       assert.is_nil(select(2, c.kv:get(key .. "-warm")))  -- the client's connection is open
       local r0, k0 = c:stats().requests, c:stats().connects

@@ -162,7 +162,7 @@ describe("consul operator", function()
       assert.are.same(rings(before), rings(after))
     end)
 
-    -- KNOWN BUG (csrc/http.c:501, failure_text): Consul answers 500 with a multi-line body
+    -- Regression (was a bug, fixed; csrc/http.c:501, failure_text): Consul answers 500 with a multi-line body
     --   "4 errors occurred:\n\t* WAN error: 1/1 nodes reported failure\n\t* op-keyring.dc1:
     --    Removing the primary key is not allowed\n..."
     -- and the module keeps only the first line ("4 errors occurred:"), so err does not say why
@@ -170,7 +170,7 @@ describe("consul operator", function()
     -- mapstructure answer (e.g. a bad auth method Config: "error decoding config: 1 error(s)
     -- decoding:"). Fix: fold the body into one line (each run of CR/LF/TAB -> one space)
     -- instead of cutting at the first line break, keeping the 300-byte cap.
-    it("KNOWN BUG http.c:501: keyring_remove of the primary key: Consul's 500, err says why",
+    it("keyring_remove of the primary key: Consul's 500, err says why",
       function()
       local r, err, meta = c.operator:keyring_remove({ Key = E.encrypt_key })
       fails("DELETE", "/v1/operator/keyring", 500, nil, r, err, meta)
@@ -341,12 +341,12 @@ describe("consul operator", function()
         if cl then cl:close() end
       end)
 
-      -- KNOWN BUG (csrc/routes.c:174, autopilot_server_health): Consul answers 429 with the
+      -- Regression (was a bug, fixed; csrc/routes.c:174, autopilot_server_health): Consul answers 429 with the
       -- health report when the cluster is unhealthy (as agent health_service_by_* answer
       -- 429/503 with data); the module turns it into a failure ("429 {", the report lost).
       -- Fix: RX("operator", "autopilot_server_health", "GET", "/v1/operator/autopilot/health",
       --         B_NONE, CONSUL_ANS_AUTO, 0, CONSUL_CALL_STATUS_DATA),
-      it("KNOWN BUG routes.c:174: autopilot_server_health on an unhealthy cluster: the report, "
+      it("autopilot_server_health on an unhealthy cluster: the report, "
         .. "meta.status 429", function()
         local st, rh
         for _ = 1, 300 do

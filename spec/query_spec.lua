@@ -114,10 +114,10 @@ describe("consul query", function()
     assert.are.same({ WEB .. "-ok" }, ids(cached.Nodes))
   end)
 
-  -- KNOWN BUG (csrc/client.c:580, q_value, Q_BOOL): connect=true goes out as a bare
+  -- Regression (was a bug, fixed; csrc/client.c:580, q_value, Q_BOOL): connect=true goes out as a bare
   -- "?connect", and Consul 1.8 reads it with Query().Get("connect") != "": ignored. Fix: send
   -- "connect=true" (see agent_spec's wan=true).
-  it("KNOWN BUG client.c:580: execute with connect=true keeps only the Connect-capable instances", function()
+  it("execute with connect=true keeps only the Connect-capable instances", function()
     local st, body = agent.http(A, "PUT", "/v1/catalog/register", json.encode({
       Node = NODE, Address = "10.4.5.6",
       Service = { ID = WEB .. "-native", Service = WEB, Port = 443, Connect = { Native = true } },
