@@ -4,13 +4,16 @@ sending the same HTTP requests, on the throwaway agent of scripts/with-agent.sh.
 
   lua5.4 bench/bench.lua RAWBENCH                      the whole benchmark (CONSUL_TEST_ADDR set)
   lua5.4 bench/bench.lua --worker WORKLOAD N [EXTRA]   one module measurement (used by the above)
+  lua5.4 bench/bench.lua --worker CHECK N              one check (rss, handover); handover starts
+                                                       its second process as --worker handover-peer N
 
 Every measurement runs in a process of its own (rawbench, or this script with --worker) that
 makes its connection and runs a few untimed operations first, then times N operations and
-prints one line:  ops=N secs=WALL cpu=USER+SYS user=USER sys=SYS rss_kb=KB
+prints one line:  ops=N secs=WALL cpu=USER+SYS user=USER sys=SYS rss_kb=KB requests=REQUESTS
 WALL is CLOCK_MONOTONIC and CPU is getrusage(RUSAGE_SELF) of that process around the timed loop
 only (Lua gets both clocks from bench/benchutil.c, built by `make bench`). The agent's CPU is
-not counted: it is the same for both sides.
+not counted: it is the same for both sides. The lock hand-over check (two processes, module on
+both sides; rawbench "handover" the same with libcurl) reports latency percentiles instead.
 
 Fairness: the keys are written once before any measurement; each workload is then measured
 ROUNDS times, the sides taking turns and rotating who goes first each round, and the best of
@@ -18,8 +21,9 @@ each side is reported (highest ops/s, lowest CPU/op: on a shared 2-core machine 
 the agent's own warm-up only ever make a run slower). BENCH_STAT=median reports medians.
 
 Goals (from the issue): throughput >= 0.9x raw and client CPU/op <= 1.5x raw, per workload;
-resident memory growth < 1 MiB over 100,000 gets after a warm-up. Timings never fail the run:
-the exit status is non-zero only when something errored.
+resident memory growth < 1 MiB over 100,000 gets after a warm-up; lock cycle throughput >= 0.9x
+raw; lock hand-over between two processes: median < 1 ms on loopback. Timings never fail the
+run: the exit status is non-zero only when something errored.
 
 Environment: BENCH_ROUNDS (default 5), BENCH_STAT (best or median), BENCH_SCALE (multiplies
 every N; 0.1 for a quick look), BENCH_VERBOSE=1 (every single measurement on stderr).
@@ -34,13 +38,14 @@ every N; 0.1 for a quick look), BENCH_VERBOSE=1 (every single measurement on std
 --   extra    optional argument passed to both sides (list: the number of records expected)
 --   warmup   untimed operations before the timed loop (rawbench has its own, the same)
 --   floor    optional rawbench workload reported as an extra baseline (receive only)
+--   alt      optional rawbench workload reported as an extra baseline of its own section
 --   run      function(c, n, extra, i0): the module side, n operations starting at i0
 --
--- An operation may be several requests: issue 3's lock cycle is one operation of 4 requests
--- (session create, PUT ?acquire=, PUT ?release=, session destroy): add
---   { id = "lock", label = "lock cycle (4 req)", n = ..., warmup = ..., run = ... }
--- here and { "lock", op_lock, ... } to rawbench.c's table. Lock hand-over latency between two
--- processes is not a module-vs-raw ops/s row: it belongs in `checks` below, like the RSS check.
+-- An operation may be several requests: the lock cycle is one c:lock(key) + lock:release(),
+-- 5 requests (session create, GET the key, the "lock" transaction, PUT ?release=, session
+-- destroy), against rawbench's "lock" (the same 5) and, as `alt`, its "lock4" (the issue's 4:
+-- session create, PUT ?acquire=, PUT ?release=, session destroy). Lock hand-over latency
+-- between two processes is not a module-vs-raw ops/s row: it is in `checks` below.
 
 local NKEYS = 1000          -- keys of the list prefix, also read round-robin by get
 local VALUE = string.rep("v", 100)
@@ -73,7 +78,13 @@ local workloads = {
         if t == nil or #t ~= extra then error("list: " .. tostring(err)) end
       end
     end },
-  -- issue 3: the lock cycle goes here (see above).
+  { id = "lock", label = "lock cycle", n = 2000, warmup = 10, alt = "lock4",
+    run = function(c, n)
+      for _ = 1, n do
+        local l = assert(c:lock("bench/lock"))
+        assert(l:release())
+      end
+    end },
 }
 
 
@@ -126,12 +137,89 @@ local function find(list, id)
   for _, x in ipairs(list) do if x.id == id then return x end end
 end
 
+-- the Lua interpreter running us, for the workers
+local LUA = "lua5.4"
+do
+  local i = -1
+  while arg[i] ~= nil do LUA = arg[i]; i = i - 1 end
+end
+
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+local function requests(c) return c:stats().requests end
+
+-- percentiles of a list of seconds, in us: median, p99 (nearest rank), min, max
+local function pct_us(xs)
+  local t = {}
+  for i, x in ipairs(xs) do t[i] = x * 1e6 end
+  table.sort(t)
+  local n = #t
+  local med = n % 2 == 1 and t[n // 2 + 1] or (t[n // 2] + t[n // 2 + 1]) / 2
+  return med, t[math.max(1, math.ceil(0.99 * n))], t[1], t[n]
+end
+
 -- ---- checks: measurements that are not module-vs-raw ops/s rows ----------------------------
 --
 -- Each runs (module only) in a worker process of its own: `worker(c, n)` does the work and
--- returns the fields it prints (key=value); `report(r, n)` prints its line from them.
--- Issue 3: lock hand-over latency between two processes goes here (its worker can start the
--- second process, e.g. this script with --worker and another id, and report latencies).
+-- returns the fields it prints (key=value); `report(r, n, raw)` prints its lines from them.
+-- Optional: `peer(c, n)`, run by `--worker ID-peer N` (a second process the worker starts);
+-- `raw = true`: rawbench's workload ID is run too (its fields are report's `raw`).
+
+
+-- Lock hand-over: two processes (A = the check's worker, B = its peer) pass HO_KEY back and
+-- forth. A holds it first; in round r the holder is A when r is odd, else B. The waiter first
+-- waits until the other holds the lock (after releasing in the last round it may still be
+-- taking it), writes HO_READY = r, then blocks in c:lock(HO_KEY, {wait = 10}) and records
+-- t_acquired when it returns. The holder waits (blocking gets) until HO_READY = r, sleeps 20 ms
+-- so the waiter is surely in its blocking read, records t_call, calls lock:release() and records
+-- t_release when it returns. Latency = t_acquired - t_release (CLOCK_MONOTONIC, system-wide),
+-- and from t_call. The raw C client (rawbench "handover") runs the same protocol.
+local HO_KEY, HO_READY = "bench/handover/lock", "bench/handover/ready"
+
+local function ho_loop(c, me, n, lk)
+  local t = { call = {}, rel = {}, acq = {} }
+  local ready_index = 0
+  for r = 1, n do
+    local give_up = util.now() + 30
+    if (r % 2 == 1 and 0 or 1) == me then
+      while true do
+        local v, err, meta = c.kv:get(HO_READY,
+          ready_index > 0 and { index = ready_index, wait = 10 } or nil)
+        if err then error(err, 0) end
+        ready_index = meta.index or 0
+        if v == tostring(r) then break end
+        if util.now() > give_up then error("handover: the waiter never became ready", 0) end
+      end
+      util.sleep(0.02)
+      t.call[r] = util.now()
+      local ok, err = lk:release()
+      t.rel[r] = util.now()
+      if not ok then error(err, 0) end
+      lk = nil
+    else
+      local index = 0
+      while true do
+        local _, err, meta = c.kv:get(HO_KEY, index > 0 and { index = index, wait = 10 } or nil)
+        if err then error(err, 0) end
+        if meta.session and meta.session ~= "" then break end
+        index = meta.index or 0
+        if util.now() > give_up then error("handover: the other never took the lock", 0) end
+      end
+      assert(c.kv:put(HO_READY, tostring(r)))
+      local l, err = c:lock(HO_KEY, { wait = 10 })
+      t.acq[r] = util.now()
+      if not l then error(err, 0) end
+      lk = l
+    end
+  end
+  if lk then assert(lk:release()) end  -- the last round's taker
+  return t
+end
+
+local function ho_fields(prefix, med, p99, min, max)
+  return string.format("%smedian_us=%.1f %sp99_us=%.1f %smin_us=%.1f %smax_us=%.1f", prefix, med,
+    prefix, p99, prefix, min, prefix, max)
+end
 
 local RSS_WARMUP = 5000
 
@@ -155,6 +243,54 @@ local checks = {
         r.ops, RSS_WARMUP, r.rss_before_kb, r.rss_after_kb, growth, r.heap_before_kb,
         r.heap_after_kb, r.ops / r.secs, growth < 1024 and "goal met" or "goal missed"))
     end },
+  { id = "handover", n = 200, raw = true,
+    worker = function(c, n)
+      assert(c.kv:put(HO_READY, "0"))
+      local lk = assert(c:lock(HO_KEY, { wait = 10 }))
+      local peer = assert(io.popen(string.format("%s %s --worker handover-peer %d", q(LUA),
+        q(arg[0]), n), "r"))
+      local t0 = util.now()
+      local ok, mine = pcall(ho_loop, c, 0, n, lk)
+      local out = peer:read("a")
+      local pok = peer:close()
+      if not ok then error(mine, 0) end
+      if not pok then error("handover: the peer process failed", 0) end
+      local theirs = { call = {}, rel = {}, acq = {} }
+      for what, r, x in out:gmatch("(%a+) (%d+) ([%d%.]+)") do theirs[what][tonumber(r)] = tonumber(x) end
+      local lat, lat_call = {}, {}
+      for r = 1, n do
+        local h, w = mine, theirs
+        if r % 2 == 0 then h, w = theirs, mine end
+        if not (w.acq[r] and h.rel[r] and h.call[r]) then error("handover: round " .. r .. " missing", 0) end
+        lat[r], lat_call[r] = w.acq[r] - h.rel[r], w.acq[r] - h.call[r]
+      end
+      return string.format("rounds=%d secs=%.3f %s %s", n, util.now() - t0,
+        ho_fields("", pct_us(lat)), ho_fields("call_", pct_us(lat_call)))
+    end,
+    peer = function(c, n)
+      local t = ho_loop(c, 1, n)
+      local lines = {}
+      for _, what in ipairs({ "call", "rel", "acq" }) do
+        for r, x in pairs(t[what]) do lines[#lines + 1] = string.format("%s %d %.9f", what, r, x) end
+      end
+      return table.concat(lines, "\n")
+    end,
+    report = function(r, _, raw)
+      local function line(who, x)
+        return string.format("  %-21s median %7.1f us  p99 %7.1f us  (min %.1f, max %.1f)   " ..
+          "from the call: median %7.1f us  p99 %7.1f us", who, x.median_us, x.p99_us, x.min_us,
+          x.max_us, x.call_median_us, x.call_p99_us)
+      end
+      print(string.format("lock hand-over between two processes, %d rounds (t_acquired in the " ..
+        "waiter - t_release in the holder, CLOCK_MONOTONIC):", r.rounds))
+      print(line("module (c:lock/release)", r) .. "  " ..
+        (r.median_us < 1000 and "goal met" or "goal missed") .. " (median < 1 ms)")
+      if raw then print(line("raw C (libcurl)", raw) .. "  (information)") end
+      print("  t_release is taken when lock:release() returns, i.e. after PUT ?release= AND the " ..
+        "session destroy: the")
+      print("  waiter can take the lock during the destroy, so this can be negative; " ..
+        "\"from the call\" counts from before release().")
+    end },
 }
 
 -- ---- worker: one module measurement in this process ------------------------------------------
@@ -162,21 +298,25 @@ local checks = {
 local function worker(id, n, extra)
   local c = new_client()
   local check = find(checks, id)
+  local peer = find(checks, (id:match("^(.*)%-peer$")))
   if check then
     print(check.worker(c, n))
+  elseif peer and peer.peer then
+    print(peer.peer(c, n))
   else
     local w = find(workloads, id)
     if w == nil then error("unknown workload " .. tostring(id)) end
     w.run(c, w.warmup, extra, 0)
+    local req0 = requests(c)
     local secs, user, sys = timed(function() w.run(c, n, extra, w.warmup) end)
-    print(string.format("ops=%d secs=%.6f cpu=%.6f user=%.6f sys=%.6f rss_kb=%d", n, secs,
-      user + sys, user, sys, rss_kb()))
+    print(string.format("ops=%d secs=%.6f cpu=%.6f user=%.6f sys=%.6f rss_kb=%d requests=%d", n,
+      secs, user + sys, user, sys, rss_kb(), requests(c) - req0))
   end
   c:close()
 end
 
 if arg[1] == "--worker" then
-  local ok, err = pcall(worker, arg[2], tonumber(arg[3]), tonumber(arg[4]))
+  local ok, err = pcall(worker, tostring(arg[2]), tonumber(arg[3]), tonumber(arg[4]))
   if not ok then
     io.stderr:write("bench worker: ", tostring(err), "\n")
     os.exit(1)
@@ -196,15 +336,6 @@ local ROUNDS = tonumber(os.getenv("BENCH_ROUNDS") or "") or 5
 local STAT = os.getenv("BENCH_STAT") == "median" and "median" or "best"
 local SCALE = tonumber(os.getenv("BENCH_SCALE") or "") or 1
 local VERBOSE = (os.getenv("BENCH_VERBOSE") or "") ~= ""
-
--- the Lua interpreter running us, for the workers
-local LUA = "lua5.4"
-do
-  local i = -1
-  while arg[i] ~= nil do LUA = arg[i]; i = i - 1 end
-end
-
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
 local function run(cmd)
   local p = assert(io.popen(cmd, "r"))
@@ -244,8 +375,10 @@ end
 local function summarize(rs)
   local ops, cpu_op = {}, {}
   for i, r in ipairs(rs) do ops[i], cpu_op[i] = r.ops_s, r.cpu_op end
-  if STAT == "median" then return { ops_s = median(ops), cpu_op = median(cpu_op) } end
-  return { ops_s = math.max(table.unpack(ops)), cpu_op = math.min(table.unpack(cpu_op)) }
+  local req_op = rs[1].requests and rs[1].requests / rs[1].ops
+  if STAT == "median" then return { ops_s = median(ops), cpu_op = median(cpu_op), req_op = req_op } end
+  return { ops_s = math.max(table.unpack(ops)), cpu_op = math.min(table.unpack(cpu_op)),
+    req_op = req_op }
 end
 
 local function us(x) return string.format("%.1f us", x * 1e6) end
@@ -275,13 +408,14 @@ for _, w in ipairs(workloads) do
   local n = math.max(1, math.floor(w.n * SCALE + 0.5))
   local sides = { "raw", "module" }
   if w.floor then sides[#sides + 1] = "floor" end
-  local got = { raw = {}, module = {}, floor = {} }
+  if w.alt then sides[#sides + 1] = "alt" end
+  local got = { raw = {}, module = {}, floor = {}, alt = {} }
   for r = 1, ROUNDS do
     -- rotate who goes first, so warm-up or drift does not favour one side
     local order = {}
     for i = 1, #sides do order[i] = sides[(i + r - 2) % #sides + 1] end
     for _, side in ipairs(order) do
-      local id = side == "floor" and w.floor or w.id
+      local id = side == "floor" and w.floor or side == "alt" and w.alt or w.id
       local res = measure(side == "module" and "module" or "raw", id, n, w.extra)
       if VERBOSE then
         io.stderr:write(string.format("  %-12s round %d %-6s %9.0f ops/s %8.1f us cpu/op\n", w.id, r,
@@ -294,6 +428,7 @@ for _, w in ipairs(workloads) do
     w = w, n = n,
     raw = summarize(got.raw), module = summarize(got.module),
     floor = w.floor and summarize(got.floor) or nil,
+    alt = w.alt and summarize(got.alt) or nil,
   }
 end
 
@@ -301,7 +436,8 @@ end
 local checked = {}
 for _, ch in ipairs(checks) do
   local n = math.max(1, math.floor(ch.n * SCALE + 0.5))
-  checked[#checked + 1] = { ch = ch, n = n, r = measure("module", ch.id, n) }
+  checked[#checked + 1] = { ch = ch, n = n, r = measure("module", ch.id, n),
+    raw = ch.raw and measure("raw", ch.id, n) or nil }
 end
 
 -- ---- report --------------------------------------------------------------------------------
@@ -332,6 +468,42 @@ for _, r in ipairs(results) do
   end
 end
 
+for _, r in ipairs(results) do
+  if r.alt then
+    local function reqs(x) return x.req_op and string.format("%.2f", x.req_op) or "?" end
+    print()
+    print(string.format("%s: one op = c:lock(key) + lock:release() on the same key; " ..
+      "requests/op: module %s, raw %s, raw-4 %s", r.w.label, reqs(r.module), reqs(r.raw),
+      reqs(r.alt)))
+    print(string.format(fmt, "", "", "module ops/s", "raw ops/s", "ratio", "module cpu/op",
+      "raw cpu/op", "cpu ratio", ""))
+    print(string.format(fmt, "vs raw, 5 req", r.n, string.format("%.0f", r.module.ops_s),
+      string.format("%.0f", r.raw.ops_s), string.format("%.2fx", r.module.ops_s / r.raw.ops_s),
+      us(r.module.cpu_op), us(r.raw.cpu_op), string.format("%.2fx", r.module.cpu_op / r.raw.cpu_op),
+      (r.module.ops_s / r.raw.ops_s >= 0.9 and "goal met" or "goal missed") ..
+      " (>=0.9x; the same requests: the fair one)"))
+    print(string.format(fmt, "vs raw, 4 req", r.n, string.format("%.0f", r.module.ops_s),
+      string.format("%.0f", r.alt.ops_s), string.format("%.2fx", r.module.ops_s / r.alt.ops_s),
+      us(r.module.cpu_op), us(r.alt.cpu_op), string.format("%.2fx", r.module.cpu_op / r.alt.cpu_op),
+      "(information: the issue's loop)"))
+    print("  raw, 5 req: PUT /v1/session/create, GET /v1/kv/<key>, PUT /v1/txn (Verb lock), " ..
+      "PUT ?release=&flags=, PUT /v1/session/destroy (the module's requests)")
+    print("  raw, 4 req: PUT /v1/session/create, PUT ?acquire=&flags=, PUT ?release=&flags=, " ..
+      "PUT /v1/session/destroy (the issue's \"same four requests\")")
+    local p = io.popen("ulimit -n 2>/dev/null")
+    local nofile = p and p:read("l") or "?"
+    if p then p:close() end
+    print("  The module's extra request is the read before acquiring, which Consul's Go client " ..
+      "(api/lock.go) also makes:")
+    print("  it detects a key that is not a lock (other flags) and an existing holder (to wait " ..
+      "on it) before taking the key.")
+    print("  Each module lock also starts (and joins) its renew thread and owns a libcurl easy " ..
+      "and multi handle (2 fds) until __gc;")
+    print(string.format("  open-file limit of this run (ulimit -n): %s (with 1024 a loop of " ..
+      "short locks can run out of fds between collections).", nofile))
+  end
+end
+
 print()
-for _, x in ipairs(checked) do x.ch.report(x.r, x.n) end
+for _, x in ipairs(checked) do x.ch.report(x.r, x.n, x.raw) end
 print(string.format("bench took %.1f s", util.now() - started))

@@ -1,10 +1,11 @@
 /*
  * benchutil.c: the two clocks bench.lua needs and plain Lua lacks, measured exactly as
- * rawbench.c measures them, so both sides of a comparison use the same clocks.
+ * rawbench.c measures them, so both sides of a comparison use the same clocks; and a sleep.
  *
  *   local u = require("benchutil")
- *   u.now()      --> seconds, CLOCK_MONOTONIC
+ *   u.now()      --> seconds, CLOCK_MONOTONIC (system-wide: comparable across processes)
  *   u.rusage()   --> user, sys: seconds of CPU of this process, getrusage(RUSAGE_SELF)
+ *   u.sleep(s)   sleeps s seconds (nanosleep)
  *
  * Built by `make bench` into build/bench/benchutil.so (Lua 5.4).
  */
@@ -36,11 +37,25 @@ static int l_rusage(lua_State *L)
     return 2;
 }
 
+static int l_sleep(lua_State *L)
+{
+    lua_Number s = luaL_checknumber(L, 1);
+    struct timespec ts;
+    if (s <= 0)
+        return 0;
+    ts.tv_sec = (time_t)s;
+    ts.tv_nsec = (long)((s - (lua_Number)ts.tv_sec) * 1e9);
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+    return 0;
+}
+
 int luaopen_benchutil(lua_State *L)
 {
     static const luaL_Reg fns[] = {
         { "now", l_now },
         { "rusage", l_rusage },
+        { "sleep", l_sleep },
         { NULL, NULL }
     };
     luaL_newlib(L, fns);

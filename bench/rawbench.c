@@ -9,7 +9,7 @@
  * N the number of timed operations. Every workload first runs a few untimed operations (the
  * connection is made, caches are warm), then times N operations, and prints one line:
  *
- *   ops=N secs=WALL cpu=USER+SYS user=USER sys=SYS rss_kb=VMRSS
+ *   ops=N secs=WALL cpu=USER+SYS user=USER sys=SYS rss_kb=VMRSS requests=REQUESTS
  *
  * WALL is CLOCK_MONOTONIC and USER/SYS are getrusage(RUSAGE_SELF) around the timed loop only.
  * Exit status is non-zero (with a message on stderr) when any request fails.
@@ -23,16 +23,31 @@
  * (the least a client must do to hand a value over); "get-recv" and "list-recv" only receive
  * the whole body (the bare-HTTP floor).
  *
- * Keys (shared with bench.lua): bench/put/<i mod 1000>, bench/list/<0000..0999>.
+ * Keys (shared with bench.lua): bench/put/<i mod 1000>, bench/list/<0000..0999>, bench/lock.
+ *
+ * Locks: "lock" sends exactly the 5 requests of the module's c:lock(key) + lock:release()
+ * (csrc/lock.c, csrc/session.c): PUT /v1/session/create, GET /v1/kv/<key> (the read before
+ * acquiring: 404, or the record, whose Flags and Session are checked), PUT /v1/txn (Verb "lock",
+ * the lock flags; Results[0].KV.ModifyIndex is the fence), PUT ?release=<id>&flags=<flags>,
+ * PUT /v1/session/destroy/<id>; bodies with "Content-Type: application/json" as the module
+ * sends them. "lock4" is the issue's 4-request loop: session create, PUT ?acquire=<id>&flags=,
+ * PUT ?release=<id>&flags=, session destroy (no read, no transaction).
+ *
+ * "handover" (build/rawbench ADDR handover ROUNDS) is not an ops/s workload: it forks a second
+ * process and hands bench/handover/lock back and forth ROUNDS times, as bench.lua's module
+ * check does (see run_handover below), and prints latency percentiles.
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <sys/resource.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 
 #include <cJSON.h>
 #include <curl/curl.h>
@@ -51,12 +66,14 @@ typedef struct bench {
     CURL *easy;
     struct curl_slist *hdr_get;   /* "Expect:" removed */
     struct curl_slist *hdr_body;  /* and Content-Type on bodies */
+    struct curl_slist *hdr_json;  /* the same with application/json (lock requests) */
     char base[256];               /* http://ADDR */
     char url[512];
     char errbuf[CURL_ERROR_SIZE];
     body resp;
     char value[VALUE_LEN];
     long expect;                  /* list: the number of records expected */
+    long requests;                /* requests sent */
 } bench;
 
 static size_t on_body(char *p, size_t size, size_t n, void *ud)
@@ -86,9 +103,11 @@ static void die(const char *what, const char *why)
     exit(1);
 }
 
-/* One request; dies unless the answer is a 200. */
-static void perform(bench *b, const char *method, const char *path, const char *query,
-                    const char *data, size_t len)
+/* One request with the given headers (NULL: hdr_get, or hdr_body when there is data); a GET
+ * when method is "GET", else CUSTOMREQUEST with POSTFIELDS (empty without data), as the module
+ * sends it. Dies on a transport failure; returns the HTTP status. */
+static long send_req(bench *b, const char *method, const char *path, const char *query,
+                     const char *data, size_t len, struct curl_slist *hdrs)
 {
     CURLcode rc;
     long status = 0;
@@ -99,20 +118,27 @@ static void perform(bench *b, const char *method, const char *path, const char *
     b->resp.len = 0;
     b->errbuf[0] = '\0';
     curl_easy_setopt(b->easy, CURLOPT_URL, b->url);
-    if (data == NULL) {
-        curl_easy_setopt(b->easy, CURLOPT_HTTPHEADER, b->hdr_get);
+    b->requests++;
+    if (hdrs == NULL)
+        hdrs = data == NULL ? b->hdr_get : b->hdr_body;
+    curl_easy_setopt(b->easy, CURLOPT_HTTPHEADER, hdrs);
+    if (strcmp(method, "GET") == 0) {
         curl_easy_setopt(b->easy, CURLOPT_CUSTOMREQUEST, NULL);
         curl_easy_setopt(b->easy, CURLOPT_HTTPGET, 1L);
     } else {
-        curl_easy_setopt(b->easy, CURLOPT_HTTPHEADER, b->hdr_body);
-        curl_easy_setopt(b->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-        curl_easy_setopt(b->easy, CURLOPT_POSTFIELDS, data);
+        curl_easy_setopt(b->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(data ? len : 0));
+        curl_easy_setopt(b->easy, CURLOPT_POSTFIELDS, data ? data : "");
         curl_easy_setopt(b->easy, CURLOPT_CUSTOMREQUEST, method);
     }
     rc = curl_easy_perform(b->easy);
     if (rc != CURLE_OK)
         die(b->url, b->errbuf[0] ? b->errbuf : curl_easy_strerror(rc));
     curl_easy_getinfo(b->easy, CURLINFO_RESPONSE_CODE, &status);
+    return status;
+}
+
+static void expect_200(bench *b, long status)
+{
     if (status != 200) {
         char msg[64];
         snprintf(msg, sizeof msg, "HTTP status %ld", status);
@@ -120,6 +146,20 @@ static void perform(bench *b, const char *method, const char *path, const char *
     }
     if (b->resp.len == 0)
         die(b->url, "empty answer");
+}
+
+/* One request; dies unless the answer is a 200. */
+static void perform(bench *b, const char *method, const char *path, const char *query,
+                    const char *data, size_t len)
+{
+    expect_200(b, send_req(b, method, path, query, data, len, NULL));
+}
+
+/* One request with a JSON body (or none); dies unless the answer is a 200. */
+static void perform_json(bench *b, const char *method, const char *path, const char *query,
+                         const char *data, size_t len)
+{
+    expect_200(b, send_req(b, method, path, query, data, len, data ? b->hdr_json : b->hdr_get));
 }
 
 /* ---- answers ---------------------------------------------------------------- */
@@ -213,10 +253,123 @@ static void op_list_recv(bench *b, long i)
     perform(b, "GET", "/v1/kv/bench/list/", "recurse", NULL, 0);
 }
 
+/* ---- locks ----------------------------------------------------------------------- */
+
+#define LOCK_FLAGS "3304740253564472344"   /* 0x2ddccbc058a50c18: Consul's lock flags */
+#define LOCK_PATH "/v1/kv/bench/lock"
+#define SESSION_BODY "{\"Name\":\"Lua lock\",\"TTL\":\"15s\",\"LockDelay\":\"15s\",\"Behavior\":\"release\"}"
+
+/* PUT /v1/session/create; the new ID into id. */
+static void session_create(bench *b, char *id, size_t n)
+{
+    cJSON *root, *v;
+    perform_json(b, "PUT", "/v1/session/create", NULL, SESSION_BODY, strlen(SESSION_BODY));
+    root = cJSON_ParseWithLength(b->resp.data, b->resp.len);
+    v = cJSON_GetObjectItemCaseSensitive(root, "ID");
+    if (!cJSON_IsString(v) || strlen(v->valuestring) >= n)
+        die(b->url, "no session ID in answer");
+    strcpy(id, v->valuestring);
+    cJSON_Delete(root);
+}
+
+static void session_destroy(bench *b, const char *id)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/v1/session/destroy/%s", id);
+    perform_json(b, "PUT", path, NULL, NULL, 0);
+    if (b->resp.len < 4 || memcmp(b->resp.data, "true", 4) != 0)
+        die(b->url, "destroy did not answer true");
+}
+
+/* GET the key before acquiring: 404, or a lock key (our flags) that nobody holds. Returns the
+ * X-Consul-Index when index is wanted (the handover waiter blocks on it), and whether held. */
+static int lock_read(bench *b, const char *path, const char *query, uint64_t *index)
+{
+    long status = send_req(b, "GET", path, query, NULL, 0, NULL);
+    int held = 0;
+    if (index != NULL) {
+        struct curl_header *h;
+        if (curl_easy_header(b->easy, "X-Consul-Index", 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
+            die(b->url, "no X-Consul-Index");
+        *index = strtoull(h->value, NULL, 10);
+    }
+    if (status == 200) {
+        cJSON *root = cJSON_ParseWithLength(b->resp.data, b->resp.len);
+        cJSON *rec = cJSON_IsArray(root) ? root->child : NULL, *f, *sess;
+        f = cJSON_GetObjectItemCaseSensitive(rec, "Flags");
+        if (!cJSON_IsNumber(f) || f->valuedouble != (double)3304740253564472344ULL)
+            die(b->url, "the key is not a lock");
+        sess = cJSON_GetObjectItemCaseSensitive(rec, "Session");
+        held = cJSON_IsString(sess) && sess->valuestring[0] != '\0';
+        cJSON_Delete(root);
+    } else if (status != 404) {
+        expect_200(b, status);
+    }
+    return held;
+}
+
+/* PUT /v1/txn with Verb "lock": dies unless taken; returns the fence (ModifyIndex). */
+static uint64_t lock_take(bench *b, const char *key, const char *id)
+{
+    char body[256];
+    cJSON *root, *kv, *mi;
+    uint64_t fence;
+    int n = snprintf(body, sizeof body,
+                     "[{\"KV\":{\"Verb\":\"lock\",\"Key\":\"%s\",\"Flags\":" LOCK_FLAGS
+                     ",\"Session\":\"%s\",\"Value\":\"\"}}]", key, id);
+    perform_json(b, "PUT", "/v1/txn", NULL, body, (size_t)n);
+    root = cJSON_ParseWithLength(b->resp.data, b->resp.len);
+    kv = cJSON_GetObjectItemCaseSensitive(root, "Results");
+    kv = cJSON_IsArray(kv) && kv->child ? cJSON_GetObjectItemCaseSensitive(kv->child, "KV") : NULL;
+    mi = cJSON_GetObjectItemCaseSensitive(kv, "ModifyIndex");
+    if (!cJSON_IsNumber(mi))
+        die(b->url, "no ModifyIndex in the txn answer");
+    fence = (uint64_t)mi->valuedouble;
+    cJSON_Delete(root);
+    return fence;
+}
+
+static void lock_release(bench *b, const char *path, const char *id)
+{
+    char query[128];
+    snprintf(query, sizeof query, "release=%s&flags=" LOCK_FLAGS, id);
+    perform_json(b, "PUT", path, query, "", 0);
+    if (b->resp.len < 4 || memcmp(b->resp.data, "true", 4) != 0)
+        die(b->url, "release did not answer true");
+}
+
+/* The module's c:lock(key) + lock:release(): 5 requests. */
+static void op_lock(bench *b, long i)
+{
+    char id[64];
+    (void)i;
+    session_create(b, id, sizeof id);
+    if (lock_read(b, LOCK_PATH, NULL, NULL))
+        die(LOCK_PATH, "held by someone else");
+    if (lock_take(b, "bench/lock", id) == 0)
+        die(LOCK_PATH, "fence 0");
+    lock_release(b, LOCK_PATH, id);
+    session_destroy(b, id);
+}
+
+/* The issue's 4-request loop: create, ?acquire=, ?release=, destroy. */
+static void op_lock4(bench *b, long i)
+{
+    char id[64], query[128];
+    (void)i;
+    session_create(b, id, sizeof id);
+    snprintf(query, sizeof query, "acquire=%s&flags=" LOCK_FLAGS, id);
+    perform_json(b, "PUT", LOCK_PATH, query, "", 0);
+    if (b->resp.len < 4 || memcmp(b->resp.data, "true", 4) != 0)
+        die(b->url, "acquire did not answer true");
+    lock_release(b, LOCK_PATH, id);
+    session_destroy(b, id);
+}
+
 /*
  * The workloads: name (as bench.lua passes it), one operation, untimed warm-up operations.
- * An operation may send several requests (issue 3's lock cycle will: session create,
- * PUT ?acquire=, PUT ?release=, session destroy); ops/s counts operations.
+ * An operation may send several requests (the lock cycles send 5 and 4); ops/s counts
+ * operations.
  */
 typedef struct workload {
     const char *name;
@@ -230,7 +383,8 @@ static const workload workloads[] = {
     { "get-recv", op_get_recv, 50 },
     { "list", op_list, 3 },
     { "list-recv", op_list_recv, 3 },
-    /* issue 3: { "lock", op_lock_cycle, 10 }, */
+    { "lock", op_lock, 10 },
+    { "lock4", op_lock4, 10 },
     { NULL, NULL, 0 }
 };
 
@@ -262,59 +416,275 @@ static long rss_kb(void)
     return kb;
 }
 
+/* The handle, set up as the module sets up its own. */
+static void setup(bench *b, const char *addr)
+{
+    if (snprintf(b->base, sizeof b->base, "http://%s", addr) >= (int)sizeof b->base)
+        die(addr, "address too long");
+    if ((b->easy = curl_easy_init()) == NULL)
+        die("libcurl", "cannot initialise");
+    b->hdr_get = curl_slist_append(NULL, "Expect:");
+    b->hdr_body = curl_slist_append(NULL, "Expect:");
+    b->hdr_json = curl_slist_append(NULL, "Expect:");
+    if (b->hdr_get == NULL || b->hdr_body == NULL || b->hdr_json == NULL ||
+        curl_slist_append(b->hdr_body, "Content-Type: application/octet-stream") == NULL ||
+        curl_slist_append(b->hdr_json, "Content-Type: application/json") == NULL)
+        die("libcurl", "out of memory");
+    curl_easy_setopt(b->easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(b->easy, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(b->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(b->easy, CURLOPT_ERRORBUFFER, b->errbuf);
+    curl_easy_setopt(b->easy, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(b->easy, CURLOPT_WRITEDATA, &b->resp);
+    curl_easy_setopt(b->easy, CURLOPT_TIMEOUT_MS, 15000L);  /* blocking reads wait up to 10 s */
+}
+
+static void teardown(bench *b)
+{
+    curl_slist_free_all(b->hdr_get);
+    curl_slist_free_all(b->hdr_body);
+    curl_slist_free_all(b->hdr_json);
+    curl_easy_cleanup(b->easy);
+    free(b->resp.data);
+}
+
+/* ---- lock hand-over between two processes --------------------------------------------
+ *
+ * The same protocol as bench.lua's "handover" check: process 0 takes bench/handover/lock,
+ * forks process 1, and in round r (1..R) the holder is process 0 when r is odd, else 1. The
+ * waiter first waits until the other process holds the lock (after its own release of the
+ * last round the other may still be taking it), writes bench/handover/ready = r, acquires as the module does (session create,
+ * read the key, blocking reads until nobody holds it, the "lock" transaction) and records
+ * t_acquired. The holder waits (blocking reads) until ready = r, sleeps 20 ms so the waiter
+ * is surely in its blocking read, records t_call, releases (PUT ?release=, session destroy)
+ * and records t_release. Latency = t_acquired - t_release (the issue's measure: release has
+ * returned) and t_acquired - t_call (from the start of the release).
+ */
+
+#define HO_PATH "/v1/kv/bench/handover/lock"
+#define HO_READY "/v1/kv/bench/handover/ready"
+
+typedef struct ho_times {
+    double *call, *rel, *acq;  /* per round, 1..R; 0 where this process did not record */
+} ho_times;
+
+static void ho_loop(bench *b, int me, long rounds, char *id, ho_times *t)
+{
+    uint64_t ready_idx = 0;
+    long r;
+    for (r = 1; r <= rounds; r++) {
+        int holder = r % 2 == 1 ? 0 : 1;
+        double give_up = now() + 30;
+        if (holder == me) {
+            char want[32], query[96];
+            snprintf(want, sizeof want, "%ld", r);
+            for (;;) {
+                struct curl_header *h;
+                long st;
+                snprintf(query, sizeof query, "raw&index=%llu&wait=10s",
+                         (unsigned long long)ready_idx);
+                st = send_req(b, "GET", HO_READY, query, NULL, 0, NULL);
+                if (st != 200 && st != 404)
+                    expect_200(b, st);
+                if (curl_easy_header(b->easy, "X-Consul-Index", 0, CURLH_HEADER, -1, &h) ==
+                    CURLHE_OK)
+                    ready_idx = strtoull(h->value, NULL, 10);
+                if (st == 200 && b->resp.len == strlen(want) &&
+                    memcmp(b->resp.data, want, b->resp.len) == 0)
+                    break;
+                if (now() > give_up)
+                    die(HO_READY, "the waiter never became ready");
+            }
+            {
+                struct timespec ts = { 0, 20 * 1000000L };
+                nanosleep(&ts, NULL);
+            }
+            t->call[r] = now();
+            lock_release(b, HO_PATH, id);
+            session_destroy(b, id);
+            t->rel[r] = now();
+        } else {
+            char val[32], query[96];
+            const char *q = NULL;  /* the first read does not block */
+            uint64_t idx;
+            int n = snprintf(val, sizeof val, "%ld", r);
+            /* queue behind the other process: wait until it holds the lock (it may still be
+             * taking it after our own release of the last round) */
+            while (!lock_read(b, HO_PATH, q, &idx)) {
+                snprintf(query, sizeof query, "index=%llu&wait=10s", (unsigned long long)idx);
+                q = query;
+                if (now() > give_up)
+                    die(HO_PATH, "the other process never took the lock");
+            }
+            q = NULL;
+            perform(b, "PUT", HO_READY, NULL, val, (size_t)n);
+            session_create(b, id, 64);
+            while (lock_read(b, HO_PATH, q, &idx)) {
+                snprintf(query, sizeof query, "index=%llu&wait=10s", (unsigned long long)idx);
+                q = query;
+                if (now() > give_up)
+                    die(HO_PATH, "not acquired in 30 s");
+            }
+            lock_take(b, "bench/handover/lock", id);
+            t->acq[r] = now();
+        }
+    }
+}
+
+static int cmp_double(const void *x, const void *y)
+{
+    double a = *(const double *)x, c = *(const double *)y;
+    return a < c ? -1 : a > c;
+}
+
+/* median, p99 (nearest rank), min, max of n values (sorts them) */
+static void pct(double *v, long n, double out[4])
+{
+    long k = (long)(0.99 * (double)n + 0.999999);
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    out[0] = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+    out[1] = v[(k < 1 ? 1 : k) - 1];
+    out[2] = v[0];
+    out[3] = v[n - 1];
+}
+
+static int run_handover(const char *addr, long rounds)
+{
+    bench b;
+    ho_times mine, theirs;
+    size_t sz = (size_t)(rounds + 1) * sizeof(double);
+    double *lat = malloc(sz), *lat_call = malloc(sz), s1[4], s2[4], t0;
+    char id[64];
+    int fd[2], status;
+    long r, got;
+    pid_t pid;
+
+    mine.call = calloc(1, sz), mine.rel = calloc(1, sz), mine.acq = calloc(1, sz);
+    theirs.call = calloc(1, sz), theirs.rel = calloc(1, sz), theirs.acq = calloc(1, sz);
+    if (!lat || !lat_call || !mine.call || !mine.rel || !mine.acq || !theirs.call ||
+        !theirs.rel || !theirs.acq)
+        die("handover", "out of memory");
+
+    memset(&b, 0, sizeof b);
+    setup(&b, addr);
+    perform(&b, "PUT", HO_READY, NULL, "0", 1);
+    /* process 0 holds first */
+    session_create(&b, id, sizeof id);
+    if (lock_read(&b, HO_PATH, NULL, NULL))
+        die(HO_PATH, "held by someone else");
+    lock_take(&b, "bench/handover/lock", id);
+
+    if (pipe(fd) != 0)
+        die("handover", "pipe failed");
+    fflush(NULL);
+    pid = fork();
+    if (pid < 0)
+        die("handover", "fork failed");
+    if (pid == 0) {
+        bench c;
+        char cid[64];
+        close(fd[0]);
+        memset(&c, 0, sizeof c);
+        setup(&c, addr);
+        ho_loop(&c, 1, rounds, cid, &mine);
+        if (rounds % 2 == 1) {  /* process 1 holds after the last round */
+            lock_release(&c, HO_PATH, cid);
+            session_destroy(&c, cid);
+        }
+        if (write(fd[1], mine.call, sz) != (ssize_t)sz || write(fd[1], mine.rel, sz) != (ssize_t)sz ||
+            write(fd[1], mine.acq, sz) != (ssize_t)sz)
+            die("handover", "write failed");
+        teardown(&c);
+        _exit(0);
+    }
+    close(fd[1]);
+    t0 = now();
+    ho_loop(&b, 0, rounds, id, &mine);
+    if (rounds % 2 == 0) {
+        lock_release(&b, HO_PATH, id);
+        session_destroy(&b, id);
+    }
+    {
+        double *dst[3] = { theirs.call, theirs.rel, theirs.acq };
+        int k;
+        for (k = 0; k < 3; k++) {
+            size_t off = 0;
+            while (off < sz) {
+                ssize_t w = read(fd[0], (char *)dst[k] + off, sz - off);
+                if (w <= 0)
+                    die("handover", "the second process failed");
+                off += (size_t)w;
+            }
+        }
+    }
+    close(fd[0]);
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        die("handover", "the second process failed");
+    for (r = 1, got = 0; r <= rounds; r++) {
+        ho_times *h = r % 2 == 1 ? &mine : &theirs, *w = r % 2 == 1 ? &theirs : &mine;
+        lat[got] = w->acq[r] - h->rel[r];
+        lat_call[got] = w->acq[r] - h->call[r];
+        got++;
+    }
+    pct(lat, got, s1);
+    pct(lat_call, got, s2);
+    printf("rounds=%ld secs=%.3f median_us=%.1f p99_us=%.1f min_us=%.1f max_us=%.1f "
+           "call_median_us=%.1f call_p99_us=%.1f call_min_us=%.1f call_max_us=%.1f\n",
+           got, now() - t0, s1[0] * 1e6, s1[1] * 1e6, s1[2] * 1e6, s1[3] * 1e6, s2[0] * 1e6,
+           s2[1] * 1e6, s2[2] * 1e6, s2[3] * 1e6);
+    teardown(&b);
+    free(lat), free(lat_call);
+    free(mine.call), free(mine.rel), free(mine.acq);
+    free(theirs.call), free(theirs.rel), free(theirs.acq);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     bench b;
     const workload *w;
     struct rusage r0, r1;
     double t0, t1, user, sys;
-    long n, i;
+    long n, i, req0;
 
     if (argc < 4 || argc > 5) {
         fprintf(stderr, "usage: %s ADDR WORKLOAD N [EXTRA]\nworkloads:", argv[0]);
         for (w = workloads; w->name != NULL; w++)
             fprintf(stderr, " %s", w->name);
-        fprintf(stderr, "\n(EXTRA: for list, the number of records expected)\n");
+        fprintf(stderr, " handover\n(EXTRA: for list, the number of records expected; "
+                "handover: N rounds)\n");
         return 2;
+    }
+    n = strtol(argv[3], NULL, 10);
+    if (n <= 0)
+        die(argv[3], "N must be a positive number");
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        die("libcurl", "cannot initialise");
+    if (strcmp(argv[2], "handover") == 0) {
+        int rc = run_handover(argv[1], n);
+        curl_global_cleanup();
+        return rc;
     }
     for (w = workloads; w->name != NULL && strcmp(w->name, argv[2]) != 0; w++)
         ;
     if (w->name == NULL)
         die(argv[2], "unknown workload");
-    n = strtol(argv[3], NULL, 10);
-    if (n <= 0)
-        die(argv[3], "N must be a positive number");
 
     memset(&b, 0, sizeof b);
     b.expect = argc == 5 ? strtol(argv[4], NULL, 10) : 0;
-    if (snprintf(b.base, sizeof b.base, "http://%s", argv[1]) >= (int)sizeof b.base)
-        die(argv[1], "address too long");
     memset(b.value, 'v', VALUE_LEN);
     for (i = 0; i < NKEYS; i++) {
         snprintf(keys[i], sizeof keys[i], "/v1/kv/bench/list/%04ld", i);
         snprintf(putkeys[i], sizeof putkeys[i], "/v1/kv/bench/put/%ld", i);
     }
     b64_init();
-
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || (b.easy = curl_easy_init()) == NULL)
-        die("libcurl", "cannot initialise");
-    b.hdr_get = curl_slist_append(NULL, "Expect:");
-    b.hdr_body = curl_slist_append(NULL, "Expect:");
-    if (b.hdr_get == NULL || b.hdr_body == NULL ||
-        curl_slist_append(b.hdr_body, "Content-Type: application/octet-stream") == NULL)
-        die("libcurl", "out of memory");
-    curl_easy_setopt(b.easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(b.easy, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(b.easy, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(b.easy, CURLOPT_ERRORBUFFER, b.errbuf);
-    curl_easy_setopt(b.easy, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(b.easy, CURLOPT_WRITEDATA, &b.resp);
-    curl_easy_setopt(b.easy, CURLOPT_TIMEOUT_MS, 10000L);
+    setup(&b, argv[1]);
 
     for (i = 0; i < w->warmup; i++)
         w->op(&b, i);
 
     getrusage(RUSAGE_SELF, &r0);
+    req0 = b.requests;
     t0 = now();
     for (i = w->warmup; i < w->warmup + n; i++)  /* the same keys, in the same order, as bench.lua */
         w->op(&b, i);
@@ -323,13 +693,10 @@ int main(int argc, char **argv)
 
     user = tv(r1.ru_utime) - tv(r0.ru_utime);
     sys = tv(r1.ru_stime) - tv(r0.ru_stime);
-    printf("ops=%ld secs=%.6f cpu=%.6f user=%.6f sys=%.6f rss_kb=%ld\n", n, t1 - t0, user + sys,
-           user, sys, rss_kb());
+    printf("ops=%ld secs=%.6f cpu=%.6f user=%.6f sys=%.6f rss_kb=%ld requests=%ld\n", n, t1 - t0,
+           user + sys, user, sys, rss_kb(), b.requests - req0);
 
-    curl_slist_free_all(b.hdr_get);
-    curl_slist_free_all(b.hdr_body);
-    curl_easy_cleanup(b.easy);
-    free(b.resp.data);
+    teardown(&b);
     curl_global_cleanup();
     return 0;
 }
