@@ -159,6 +159,8 @@ int consul_http_perform_multi(consul_http *h, CURLM *m, const consul_req *rq, co
 int consul_http_start(consul_http *h, CURLM *m, const consul_req *rq, consul_resp *rs);
 int consul_http_step(consul_http *h, CURLM *m, int timeout_ms, consul_resp *rs);
 void consul_http_abort(consul_http *h, CURLM *m, consul_resp *rs);
+/* Ends a transfer whose CURLMSG_DONE the caller read itself (several on one multi). */
+int consul_http_finish(consul_http *h, CURLM *m, CURLcode rc, consul_resp *rs);
 /* "consul: METHOD /path: why" for a failed rs, into out. */
 void consul_format_failure(char *out, size_t n, const char *method, const char *path,
                            const consul_resp *rs);
@@ -267,12 +269,13 @@ void consul_client_open(lua_State *L);  /* module table at -1 */
 #define CONSUL_KIND_SEMAPHORE 1  /* key is the prefix; path "/v1/kv/<prefix>/" */
 
 /* A lock's C state. Owned by reference count: the Lua object holds one reference and the
- * background thread another, so a lock collected by Lua is still released by its thread. */
+ * renewer another while the lock is registered with it, so a lock collected by Lua is still
+ * released. Its handles are made when first needed and freed at release. */
 typedef struct consul_lock {
     int refs;                 /* atomic */
     consul_conf *conf;
-    consul_http http;         /* the thread's handle; release's too once the thread is gone */
-    CURLM *multi;             /* the thread's: curl_multi_wakeup interrupts it */
+    consul_http http;         /* renewals and releases; .easy NULL until first needed */
+    consul_http watch;        /* the renewer's blocking reads of the key */
     char *key, *path;         /* the raw key; "/v1/kv/<escaped key>" */
     char *value;
     size_t value_len;
@@ -290,13 +293,18 @@ typedef struct consul_lock {
     int64_t ttl_ms;           /* atomic: the session's TTL as Consul last reported it; 0 none */
     int64_t lease_ms;         /* atomic: when the session was last renewed (monotonic) */
     int held;                 /* atomic */
-    int lost;                 /* atomic: the thread saw it go */
-    int stop;                 /* atomic: the thread must end */
-    int release_on_stop;      /* atomic: ... releasing the lock first */
-    int running;              /* a thread exists (joinable unless detached) */
-    int detached;
-    pthread_t thread;
-    struct consul_lock *next, *prev;  /* the registry of running threads */
+    int lost;                 /* atomic: the renewer saw it go */
+    /* the renewer's, under its mutex */
+    int registered;           /* in the renewer's list */
+    int detach;               /* asked to leave the list (release) */
+    int release_on_detach;    /* ... releasing the lock first (a collected lock) */
+    int ctl_step, watch_busy; /* requests in flight */
+    int64_t next_renew, next_watch;
+    uint64_t watch_index;
+    consul_req ctl_rq, watch_rq;
+    consul_resp ctl_rs, watch_rs;
+    char ctl_path[128], ctl_query[192], watch_query[128];
+    struct consul_lock *next, *prev;
 } consul_lock;
 
 /* session.c: one lock attempt's requests over one handle. */
@@ -322,11 +330,13 @@ void consul_millisleep(int64_t ms);
 
 consul_lock *consul_lock_new(consul_conf *cf);  /* NULL: out of memory */
 void consul_lock_unref(consul_lock *lk);
-/* Starts the renew-and-watch thread for a lock just acquired. 0 ok. */
+int consul_lock_handle(consul_lock *lk, consul_http *h);  /* makes h when needed; 0 ok */
+void consul_lock_free_handles(consul_lock *lk);           /* not while registered */
+/* Hands a lock just acquired to the renewer (renewals, watching the key). 0 ok. */
 int consul_renew_start(consul_lock *lk);
-/* Ends the thread: with release, it releases the lock first. With wait, returns once the
- * thread has ended; else returns at once (a finalizer's way) and the thread ends alone. */
-void consul_renew_stop(consul_lock *lk, int release, int wait);
+/* Takes it back. With release, the renewer releases the lock itself and the call returns
+ * at once (a finalizer's way); without, the call returns once the renewer let go of it. */
+void consul_renew_stop(consul_lock *lk, int release);
 void consul_renew_atexit_once(void);
 /* Releases the key and destroys an own session, over h. 0 ok, else rs->code; msg filled. */
 int consul_lock_release_now(consul_lock *lk, attempt *a, consul_resp *rs, char *msg,

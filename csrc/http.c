@@ -450,6 +450,14 @@ int consul_http_step(consul_http *h, CURLM *m, int timeout_ms, consul_resp *rs)
     return 0;
 }
 
+int consul_http_finish(consul_http *h, CURLM *m, CURLcode rc, consul_resp *rs)
+{
+    curl_multi_remove_handle(m, h->easy);
+    finish(h, h->multi_rq, rc, rs);
+    h->multi_rq = NULL;
+    return rs->code;
+}
+
 void consul_http_abort(consul_http *h, CURLM *m, consul_resp *rs)
 {
     if (h->multi_rq == NULL)

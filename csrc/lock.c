@@ -262,6 +262,8 @@ static void lock_handle(lua_State *L, int idx, consul_lock *lk, attempt *a)
         a->requests = &c->requests;
         a->connects = &c->connects;
     } else {
+        if (consul_lock_handle(lk, &lk->http) != 0)
+            luaL_error(L, "cannot create a libcurl handle");
         a->h = &lk->http;
     }
 }
@@ -326,6 +328,7 @@ static int64_t lock_configure(lua_State *L, int idx, consul_lock *lk, int first)
             set_copy(L, &lk->name, "Lua lock", 8);
             lk->ttl_def_ms = 15000;
             lk->lock_delay_ms = 15000;
+            lk->behavior_delete = lk->kind == CONSUL_KIND_SEMAPHORE;
         }
         return -1;
     }
@@ -372,7 +375,9 @@ static int64_t lock_configure(lua_State *L, int idx, consul_lock *lk, int first)
     lk->ttl_def_ms = opt_seconds_ms(L, idx, "ttl", 15000);
     lk->lock_delay_ms = opt_seconds_ms(L, idx, "lock_delay", 15000);
     lua_getfield(L, idx, "behavior");
-    s = lua_isnil(L, -1) ? "release" : lua_tostring(L, -1);
+    /* Go's semaphores use "delete": a dead holder's contender key goes with its session. */
+    s = lua_isnil(L, -1) ? (lk->kind == CONSUL_KIND_SEMAPHORE ? "delete" : "release")
+                         : lua_tostring(L, -1);
     if (s == NULL || (strcmp(s, "release") != 0 && strcmp(s, "delete") != 0))
         luaL_error(L, "bad option 'behavior' (\"release\" or \"delete\" expected)");
     lk->behavior_delete = strcmp(s, "delete") == 0;
@@ -390,7 +395,7 @@ static int lock_run_acquire(lua_State *L, consul_lock *lk, int64_t wait_ms)
     rc = lk->kind == CONSUL_KIND_SEMAPHORE ? consul_sem_acquire(lk, &a, wait_ms)
                                            : acquire(lk, &a, wait_ms);
     if (rc == CONSUL_OK && consul_renew_start(lk) != 0) {
-        snprintf(a.msg, sizeof a.msg, "consul: lock %s: cannot start the renew thread", lk->key);
+        snprintf(a.msg, sizeof a.msg, "consul: lock %s: cannot start the renewer", lk->key);
         rc = CONSUL_ENOMEM;
     }
     if (rc != CONSUL_OK) {
@@ -398,6 +403,7 @@ static int lock_run_acquire(lua_State *L, consul_lock *lk, int64_t wait_ms)
         if (lk->own_session)
             consul_att_session_destroy(lk, &a);  /* a failed attempt leaks nothing */
         consul_att_release(&a);
+        consul_lock_free_handles(lk);
         lua_pushnil(L);
         lua_pushstring(L, a.msg[0] ? a.msg : "consul: lock failed");
         keep.code = rc;
@@ -474,8 +480,11 @@ static int client_lock(lua_State *L)
 /* c:semaphore(prefix, limit[, opts]) --> semaphore | nil, err, meta */
 static int client_semaphore(lua_State *L)
 {
-    lua_Integer limit = luaL_checkinteger(L, 3);
-    luaL_argcheck(L, limit >= 1 && limit <= 1000, 3, "a limit of 1..1000 expected");
+    lua_Number n = luaL_checknumber(L, 3);
+    int limit = (int)n;
+    /* not luaL_checkinteger: LuaJIT's truncates 2.5 to 2 */
+    luaL_argcheck(L, n >= 1 && n <= 1000, 3, "a limit of 1..1000 expected");
+    luaL_argcheck(L, (lua_Number)limit == n, 3, "number has no integer representation");
     lua_remove(L, 3);
     return new_lock(L, CONSUL_KIND_SEMAPHORE, (int)limit, 3);
 }
@@ -487,7 +496,7 @@ static int lock_acquire(lua_State *L)
     int64_t wait_ms = lock_configure(L, 2, lk, 0);
     if (consul_lock_held(lk))
         return lua_settop(L, 1), 1;
-    consul_renew_stop(lk, 0, 1);  /* a lost lock's thread */
+    consul_renew_stop(lk, 0);  /* a lost lock is still registered */
     STORE(&lk->held, 0);
     if (lk->own_session && lk->session[0] != '\0') {
         /* Lost: its session may be gone (destroyed, expired) or still alive (the key was
@@ -510,7 +519,8 @@ static int lock_release(lua_State *L)
     consul_resp rs;
     attempt a;
     char msg[1024];
-    consul_renew_stop(lk, 0, 1);
+    int rc;
+    consul_renew_stop(lk, 0);
     if (lk->session[0] == '\0' || (!LOAD(&lk->held) && !lk->own_session)) {
         STORE(&lk->held, 0);
         lua_pushboolean(L, 1);
@@ -518,7 +528,9 @@ static int lock_release(lua_State *L)
     }
     memset(&a, 0, sizeof a);
     lock_handle(L, 1, lk, &a);
-    if (consul_lock_release_now(lk, &a, &rs, msg, sizeof msg) != CONSUL_OK) {
+    rc = consul_lock_release_now(lk, &a, &rs, msg, sizeof msg);
+    consul_lock_free_handles(lk);  /* its connections go now, not when Lua collects it */
+    if (rc != CONSUL_OK) {
         lua_pushnil(L);
         lua_pushstring(L, msg);
         consul_push_meta(L, &rs);
@@ -539,7 +551,7 @@ static int lock_gc(lua_State *L)
 {
     lock_ud *u = luaL_checkudata(L, 1, CONSUL_LOCK_MT);
     if (u->lk != NULL) {
-        consul_renew_stop(u->lk, 1, 0);
+        consul_renew_stop(u->lk, 1);
         consul_lock_unref(u->lk);
         u->lk = NULL;
     }

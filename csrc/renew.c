@@ -1,14 +1,17 @@
 /*
- * renew.c: the background thread of a held lock, and the lock's reference-counted C state.
+ * renew.c: the renewer, one background thread per process that keeps every held lock alive,
+ * and the lock's reference-counted C state.
  *
- * While a lock is held its thread renews the session every TTL/2 (every second after a
+ * For each registered lock the renewer renews the session every TTL/2 (every second after a
  * failure, until the TTL has passed since the last success), adopts a TTL that Consul raises,
- * and watches the key with a blocking query: the key deleted, taken over, or left by our
- * session marks the lock lost at once. It owns its own libcurl handles and touches no
- * lua_State. It ends when told to, releasing the lock first when asked (a collected lock).
+ * and watches the key with a blocking query from 200 ms after acquiring: the key deleted,
+ * taken over, or left by our session marks the lock lost at once. All requests run on the
+ * renewer's one libcurl multi handle (connections shared), each lock with its own easy
+ * handles; the renewer touches no lua_State. A collected lock is released by the renewer.
  *
- * At process exit (atexit) the threads still running are told to release and are waited
- * for, a few seconds at most.
+ * A lock released within 200 ms of acquiring never had a request made for it here: taking it
+ * back is a list operation under the mutex. At process exit (atexit) locks still registered
+ * are released, a few seconds at most.
  */
 #include "consul.h"
 
@@ -18,16 +21,23 @@
 
 #define EXIT_WAIT_MS 3000
 #define RETRY_MS 1000
-#define FIRST_WATCH_MS 200   /* a lock held for less needs no watch (and opens no connection) */
+#define FIRST_WATCH_MS 200  /* a lock held for less needs no watch (and opens no connection) */
 #define MAX_WAIT_MS 300000
-
-static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t reg_cv = PTHREAD_COND_INITIALIZER;
-static consul_lock *reg_head;
-static int reg_running;
+#define NEVER INT64_MAX
 
 #define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+enum { CTL_IDLE, CTL_RENEW, CTL_RELEASE, CTL_DESTROY };
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;  /* a lock left the list */
+static consul_lock *head;
+static CURLM *multi;
+static int started;
+static int64_t wake_at = NEVER;  /* when the renewer will look again by itself */
+
+/* ---- the lock's state --------------------------------------------------- */
 
 consul_lock *consul_lock_new(consul_conf *cf)
 {
@@ -36,21 +46,32 @@ consul_lock *consul_lock_new(consul_conf *cf)
         return NULL;
     lk->refs = 1;
     lk->flags = CONSUL_LOCK_FLAG;
-    if (consul_http_init(&lk->http, cf) != 0 || (lk->multi = curl_multi_init()) == NULL) {
-        consul_lock_unref(lk);
-        return NULL;
-    }
     lk->conf = consul_conf_retain(cf);
     return lk;
+}
+
+int consul_lock_handle(consul_lock *lk, consul_http *h)
+{
+    if (h->easy != NULL)
+        return 0;
+    if (consul_http_init(h, lk->conf) != 0) {
+        consul_http_release(h);
+        return -1;
+    }
+    return 0;
+}
+
+void consul_lock_free_handles(consul_lock *lk)
+{
+    consul_http_release(&lk->http);
+    consul_http_release(&lk->watch);
 }
 
 void consul_lock_unref(consul_lock *lk)
 {
     if (lk == NULL || __atomic_sub_fetch(&lk->refs, 1, __ATOMIC_ACQ_REL) != 0)
         return;
-    consul_http_release(&lk->http);
-    if (lk->multi != NULL)
-        curl_multi_cleanup(lk->multi);
+    consul_lock_free_handles(lk);
     consul_conf_release(lk->conf);
     free(lk->key);
     free(lk->path);
@@ -69,221 +90,365 @@ int consul_lock_held(consul_lock *lk)
     return ttl <= 0 || consul_now_ms() - LOAD(&lk->lease_ms) < ttl;
 }
 
-/* Sleeps ms or until woken by consul_renew_stop. */
-static void nap(consul_lock *lk, int64_t ms)
-{
-    if (ms <= 0)
-        return;
-    if (ms > MAX_WAIT_MS)
-        ms = MAX_WAIT_MS;
-    curl_multi_poll(lk->multi, NULL, 0, (int)ms, NULL);
-}
+/* ---- the renewer's requests (all under mu) ------------------------------------ */
 
-static int request(consul_lock *lk, const char *method, const char *path, const char *query,
-                   long wait_ms, consul_resp *rs)
+static int start(consul_lock *lk, consul_http *h, consul_req *rq, consul_resp *rs,
+                 const char *method, const char *path, const char *query, const char *body,
+                 size_t blen, long wait_ms)
 {
-    consul_req rq;
-    memset(&rq, 0, sizeof rq);
-    rq.method = method;
-    rq.path = path;
-    rq.query = query;
-    rq.wait_ms = wait_ms;
-    return consul_http_perform_multi(&lk->http, lk->multi, &rq, rs, &lk->stop);
-}
-
-/* Renews the session; 1 renewed, 0 failed (retry), -1 the session is gone. */
-static int renew(consul_lock *lk, consul_json *doc)
-{
-    char path[128];
-    consul_resp rs;
-    cJSON *ttl;
-    snprintf(path, sizeof path, "/v1/session/renew/%s", lk->session);
-    request(lk, "PUT", path, NULL, 0, &rs);
-    if (rs.status == 404)
+    if (consul_lock_handle(lk, h) != 0)
         return -1;
-    if (rs.code != CONSUL_OK || rs.status != 200)
-        return 0;
-    STORE(&lk->lease_ms, consul_now_ms());
-    if (consul_json_parse(doc, rs.body, rs.body_len) == 0 && cJSON_IsArray(doc->root) &&
-        (ttl = cJSON_GetObjectItemCaseSensitive(doc->root->child, "TTL")) != NULL &&
-        cJSON_IsString(ttl)) {
-        int64_t ms = consul_duration_ms(ttl->valuestring);
-        if (ms > 0)
-            STORE(&lk->ttl_ms, ms);  /* Consul may raise it under load: adopt it */
-    }
-    consul_json_free(doc);
-    return 1;
+    memset(rq, 0, sizeof *rq);
+    rq->method = method;
+    rq->path = path;
+    rq->query = query;
+    rq->body = body;
+    rq->body_len = blen;
+    rq->wait_ms = wait_ms;
+    curl_easy_setopt(h->easy, CURLOPT_PRIVATE, (void *)lk);
+    return consul_http_start(h, multi, rq, rs) == CONSUL_OK ? 0 : -1;
 }
 
-/* One blocking read of the key: 1 still ours, 0 failed (retry), -1 lost. */
-static int watch(consul_lock *lk, consul_json *doc, uint64_t *index, int64_t wait_ms)
+static void abort_all(consul_lock *lk)
 {
-    char query[96];
     consul_resp rs;
-    cJSON *rec, *s, *f;
-    uint64_t flags;
-    int ours;
-    if (wait_ms < 1)
-        wait_ms = 1;
-    snprintf(query, sizeof query, "%sindex=%llu&wait=%lldms",
-             lk->kind == CONSUL_KIND_SEMAPHORE ? "recurse&" : "", (unsigned long long)*index,
-             (long long)wait_ms);
-    request(lk, "GET", lk->path, query, (long)wait_ms, &rs);
-    if (LOAD(&lk->stop))
-        return 1;
-    if (rs.status == 404)
-        return -1;  /* deleted */
-    if (rs.code != CONSUL_OK || rs.status != 200)
-        return 0;
-    if (consul_json_parse(doc, rs.body, rs.body_len) != 0 || !cJSON_IsArray(doc->root) ||
-        (rec = doc->root->child) == NULL) {
-        consul_json_free(doc);
-        return 0;
-    }
-    if (lk->kind == CONSUL_KIND_SEMAPHORE) {
-        ours = consul_sem_check(lk, doc) > 0;
-        consul_json_free(doc);
-        *index = rs.has_index && rs.index >= *index ? rs.index : 0;
-        return ours ? 1 : -1;
-    }
-    s = cJSON_GetObjectItemCaseSensitive(rec, "Session");
-    f = cJSON_GetObjectItemCaseSensitive(rec, "Flags");
-    ours = cJSON_IsString(s) && strcmp(s->valuestring, lk->session) == 0 &&
-           consul_json_u64(doc, f, &flags) == 0 && flags == lk->flags;
-    consul_json_free(doc);
-    /* An index that goes backwards (a restored snapshot, say) starts the watch over. */
-    *index = rs.has_index && rs.index >= *index ? rs.index : 0;
-    return ours ? 1 : -1;
+    if (lk->ctl_step != CTL_IDLE)
+        consul_http_abort(&lk->http, multi, &rs);
+    if (lk->watch_busy)
+        consul_http_abort(&lk->watch, multi, &rs);
+    lk->ctl_step = CTL_IDLE;
+    lk->watch_busy = 0;
 }
 
-static void *renew_main(void *arg)
+static void unlink_lock(consul_lock *lk)
 {
-    consul_lock *lk = arg;
-    consul_json doc;
-    uint64_t index = lk->fence;
-    int64_t ttl = LOAD(&lk->ttl_ms);
-    int64_t next_renew = LOAD(&lk->lease_ms) + ttl / 2;
-    int64_t first_watch = consul_now_ms() + FIRST_WATCH_MS;
-
-    memset(&doc, 0, sizeof doc);
-    while (!LOAD(&lk->stop)) {
-        int64_t now = consul_now_ms();
-        ttl = LOAD(&lk->ttl_ms);
-        if (LOAD(&lk->lost)) {
-            nap(lk, MAX_WAIT_MS);  /* nothing left to do but be told to end */
-            continue;
-        }
-        if (ttl > 0 && now - LOAD(&lk->lease_ms) >= ttl) {
-            STORE(&lk->lost, 1);  /* the lease ran out locally */
-            continue;
-        }
-        if (ttl > 0 && now >= next_renew) {
-            int r = renew(lk, &doc);
-            if (r < 0)
-                STORE(&lk->lost, 1);
-            next_renew = consul_now_ms() + (r > 0 ? LOAD(&lk->ttl_ms) / 2 : RETRY_MS);
-            continue;
-        }
-        if (now < first_watch) {
-            nap(lk, first_watch - now < next_renew - now || ttl <= 0 ? first_watch - now
-                                                                    : next_renew - now);
-            continue;
-        }
-        {
-            int64_t w = ttl > 0 ? next_renew - now : MAX_WAIT_MS;
-            int r = watch(lk, &doc, &index, w > MAX_WAIT_MS ? MAX_WAIT_MS : w);
-            if (r < 0)
-                STORE(&lk->lost, 1);
-            else if (r == 0)
-                nap(lk, ttl > 0 && next_renew - now < RETRY_MS ? next_renew - now : RETRY_MS);
-        }
-    }
-    consul_json_release(&doc);
-
-    if (LOAD(&lk->release_on_stop)) {
-        consul_resp rs;
-        attempt a;
-        char msg[64];
-        memset(&a, 0, sizeof a);
-        a.h = &lk->http;
-        consul_lock_release_now(lk, &a, &rs, msg, sizeof msg);
-    }
-    pthread_mutex_lock(&reg_mu);
     if (lk->prev != NULL)
         lk->prev->next = lk->next;
     else
-        reg_head = lk->next;
+        head = lk->next;
     if (lk->next != NULL)
         lk->next->prev = lk->prev;
     lk->next = lk->prev = NULL;
-    reg_running--;
-    pthread_cond_broadcast(&reg_cv);
-    pthread_mutex_unlock(&reg_mu);
-    consul_lock_unref(lk);  /* the thread's reference */
+    lk->registered = 0;
+    pthread_cond_broadcast(&cv);
+}
+
+/* Releasing a collected lock, step by step, each step once the previous one's request is
+ * done (`after`: CTL_IDLE to begin, then CTL_RELEASE, then CTL_DESTROY): release the key,
+ * destroy a session the lock created, leave the list. */
+static void release_next(consul_lock *lk, int after)
+{
+    if (after == CTL_IDLE && lk->session[0] != '\0' && lk->kind == CONSUL_KIND_LOCK) {
+        snprintf(lk->ctl_query, sizeof lk->ctl_query, "release=%s&flags=%llu", lk->session,
+                 (unsigned long long)lk->flags);
+        if (start(lk, &lk->http, &lk->ctl_rq, &lk->ctl_rs, "PUT", lk->path, lk->ctl_query,
+                  lk->value ? lk->value : "", lk->value_len, 0) == 0) {
+            lk->ctl_step = CTL_RELEASE;
+            return;
+        }
+    }
+    if (after == CTL_IDLE && lk->session[0] != '\0' && lk->kind == CONSUL_KIND_SEMAPHORE &&
+        consul_lock_handle(lk, &lk->http) == 0) {
+        /* A semaphore's release is several dependent requests (read, CAS, delete): made
+         * here in one go, a millisecond or so of the renewer's time. */
+        attempt a;
+        memset(&a, 0, sizeof a);
+        a.h = &lk->http;
+        consul_sem_release(lk, &a);
+        consul_att_release(&a);
+    }
+    if (after != CTL_DESTROY && lk->own_session && lk->session[0] != '\0') {
+        snprintf(lk->ctl_path, sizeof lk->ctl_path, "/v1/session/destroy/%s", lk->session);
+        if (start(lk, &lk->http, &lk->ctl_rq, &lk->ctl_rs, "PUT", lk->ctl_path, NULL, NULL, 0,
+                  0) == 0) {
+            lk->ctl_step = CTL_DESTROY;
+            return;
+        }
+    }
+    /* Done, or nothing could be sent: the session then expires by its TTL. */
+    lk->ctl_step = CTL_IDLE;
+    lk->session[0] = '\0';
+    lk->own_session = 0;
+    STORE(&lk->held, 0);
+    unlink_lock(lk);
+    consul_lock_unref(lk);  /* the renewer's reference */
+}
+
+static void renew_done(consul_lock *lk, consul_json *doc)
+{
+    consul_resp *rs = &lk->ctl_rs;
+    cJSON *ttl;
+    int64_t now = consul_now_ms();
+    if (rs->status == 404) {
+        STORE(&lk->lost, 1);  /* the session is gone */
+        return;
+    }
+    if (rs->code != CONSUL_OK || rs->status != 200) {
+        lk->next_renew = now + RETRY_MS;
+        return;
+    }
+    STORE(&lk->lease_ms, now);
+    if (consul_json_parse(doc, rs->body, rs->body_len) == 0 && cJSON_IsArray(doc->root) &&
+        (ttl = cJSON_GetObjectItemCaseSensitive(doc->root->child, "TTL")) != NULL &&
+        cJSON_IsString(ttl) && consul_duration_ms(ttl->valuestring) > 0)
+        STORE(&lk->ttl_ms, consul_duration_ms(ttl->valuestring));  /* Consul may raise it */
+    consul_json_free(doc);
+    lk->next_renew = now + LOAD(&lk->ttl_ms) / 2;
+}
+
+static void watch_done(consul_lock *lk, consul_json *doc)
+{
+    consul_resp *rs = &lk->watch_rs;
+    cJSON *rec, *s, *f;
+    uint64_t flags;
+    int ours;
+    if (rs->status == 404) {
+        STORE(&lk->lost, 1);  /* deleted */
+        return;
+    }
+    if (rs->code != CONSUL_OK || rs->status != 200 ||
+        consul_json_parse(doc, rs->body, rs->body_len) != 0 || !cJSON_IsArray(doc->root) ||
+        (rec = doc->root->child) == NULL) {
+        consul_json_free(doc);
+        lk->next_watch = consul_now_ms() + RETRY_MS;
+        return;
+    }
+    if (lk->kind == CONSUL_KIND_SEMAPHORE) {
+        ours = consul_sem_check(lk, doc) > 0;
+    } else {
+        s = cJSON_GetObjectItemCaseSensitive(rec, "Session");
+        f = cJSON_GetObjectItemCaseSensitive(rec, "Flags");
+        ours = cJSON_IsString(s) && strcmp(s->valuestring, lk->session) == 0 &&
+               consul_json_u64(doc, f, &flags) == 0 && flags == lk->flags;
+    }
+    consul_json_free(doc);
+    if (!ours)
+        STORE(&lk->lost, 1);
+    /* An index that goes backwards (a restored snapshot, say) starts the watch over. */
+    lk->watch_index = rs->has_index && rs->index >= lk->watch_index ? rs->index : 0;
+    lk->next_watch = consul_now_ms();
+}
+
+/* What a lock needs now; returns when it next needs something. */
+static int64_t tend(consul_lock *lk, int64_t now)
+{
+    int64_t ttl = LOAD(&lk->ttl_ms), next = NEVER;
+    if (lk->detach)
+        return NEVER;
+    if (LOAD(&lk->lost)) {
+        abort_all(lk);
+        return NEVER;
+    }
+    if (ttl > 0 && now - LOAD(&lk->lease_ms) >= ttl) {
+        STORE(&lk->lost, 1);  /* the lease ran out locally */
+        abort_all(lk);
+        return NEVER;
+    }
+    if (ttl > 0 && lk->ctl_step == CTL_IDLE) {
+        if (now >= lk->next_renew) {
+            snprintf(lk->ctl_path, sizeof lk->ctl_path, "/v1/session/renew/%s", lk->session);
+            if (start(lk, &lk->http, &lk->ctl_rq, &lk->ctl_rs, "PUT", lk->ctl_path, NULL, NULL,
+                      0, 0) == 0)
+                lk->ctl_step = CTL_RENEW;
+            else
+                lk->next_renew = now + RETRY_MS;
+        }
+        if (lk->ctl_step == CTL_IDLE)
+            next = lk->next_renew;
+    }
+    if (ttl > 0) {
+        int64_t expiry = LOAD(&lk->lease_ms) + ttl;
+        if (expiry < next)
+            next = expiry;
+    }
+    if (!lk->watch_busy) {
+        if (now >= lk->next_watch) {
+            snprintf(lk->watch_query, sizeof lk->watch_query, "%sindex=%llu&wait=%dms",
+                     lk->kind == CONSUL_KIND_SEMAPHORE ? "recurse&" : "",
+                     (unsigned long long)lk->watch_index, MAX_WAIT_MS);
+            if (start(lk, &lk->watch, &lk->watch_rq, &lk->watch_rs, "GET", lk->path,
+                      lk->watch_query, NULL, 0, MAX_WAIT_MS) == 0)
+                lk->watch_busy = 1;
+            else
+                lk->next_watch = now + RETRY_MS;
+        }
+        if (!lk->watch_busy && lk->next_watch < next)
+            next = lk->next_watch;
+    }
+    return next;
+}
+
+static void *renewer(void *arg)
+{
+    consul_json doc;
+    (void)arg;
+    memset(&doc, 0, sizeof doc);
+    pthread_mutex_lock(&mu);
+    for (;;) {
+        int64_t now = consul_now_ms(), next = NEVER;
+        consul_lock *lk, *nx;
+        CURLMsg *msg;
+        int running, left;
+
+        for (lk = head; lk != NULL; lk = nx) {
+            int64_t t;
+            nx = lk->next;
+            if (lk->detach && lk->release_on_detach) {
+                if (lk->watch_busy) {
+                    consul_resp rs;
+                    consul_http_abort(&lk->watch, multi, &rs);
+                    lk->watch_busy = 0;
+                }
+                if (lk->ctl_step == CTL_RENEW) {
+                    consul_resp rs;
+                    consul_http_abort(&lk->http, multi, &rs);
+                    lk->ctl_step = CTL_IDLE;
+                }
+                if (lk->ctl_step == CTL_IDLE)
+                    release_next(lk, CTL_IDLE);  /* may unlink and free lk */
+                continue;
+            }
+            if (lk->detach) {
+                abort_all(lk);
+                unlink_lock(lk);
+                consul_lock_unref(lk);
+                continue;
+            }
+            t = tend(lk, now);
+            if (t < next)
+                next = t;
+        }
+        wake_at = next;
+        pthread_mutex_unlock(&mu);
+        now = consul_now_ms();
+        curl_multi_poll(multi, NULL, 0,
+                        next == NEVER ? MAX_WAIT_MS : next <= now ? 0 : (int)(next - now), NULL);
+        pthread_mutex_lock(&mu);
+        wake_at = 0;  /* awake: a new lock needs no wakeup until the next plan */
+        curl_multi_perform(multi, &running);
+        while ((msg = curl_multi_info_read(multi, &left)) != NULL) {
+            char *priv = NULL;
+            if (msg->msg != CURLMSG_DONE)
+                continue;
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+            lk = (consul_lock *)(void *)priv;
+            if (lk == NULL)
+                continue;
+            if (msg->easy_handle == lk->watch.easy) {
+                CURLcode rc = msg->data.result;
+                consul_http_finish(&lk->watch, multi, rc, &lk->watch_rs);
+                lk->watch_busy = 0;
+                if (!lk->detach)
+                    watch_done(lk, &doc);
+            } else if (msg->easy_handle == lk->http.easy) {
+                CURLcode rc = msg->data.result;
+                int step = lk->ctl_step;
+                consul_http_finish(&lk->http, multi, rc, &lk->ctl_rs);
+                lk->ctl_step = CTL_IDLE;
+                if (step == CTL_RENEW && !lk->detach)
+                    renew_done(lk, &doc);
+                else if (step == CTL_RELEASE || step == CTL_DESTROY)
+                    release_next(lk, step);  /* may unlink and free lk */
+            }
+        }
+    }
     return NULL;
+}
+
+/* ---- the Lua side's calls ------------------------------------------------------ */
+
+static int ensure_started(void)
+{
+    pthread_t th;
+    if (started)
+        return 0;
+    consul_http_global_init();
+    multi = curl_multi_init();
+    if (multi == NULL)
+        return -1;
+    if (pthread_create(&th, NULL, renewer, NULL) != 0) {
+        curl_multi_cleanup(multi);
+        multi = NULL;
+        return -1;
+    }
+    pthread_detach(th);  /* it lives as long as the process */
+    started = 1;
+    return 0;
 }
 
 int consul_renew_start(consul_lock *lk)
 {
-    int rc;
-    STORE(&lk->stop, 0);
-    STORE(&lk->release_on_stop, 0);
-    STORE(&lk->lost, 0);
-    __atomic_add_fetch(&lk->refs, 1, __ATOMIC_RELAXED);
-    pthread_mutex_lock(&reg_mu);
-    rc = pthread_create(&lk->thread, NULL, renew_main, lk);
-    if (rc == 0) {
-        lk->running = 1;
-        lk->detached = 0;
-        lk->prev = NULL;
-        lk->next = reg_head;
-        if (reg_head != NULL)
-            reg_head->prev = lk;
-        reg_head = lk;
-        reg_running++;
-    }
-    pthread_mutex_unlock(&reg_mu);
-    if (rc != 0) {
-        __atomic_sub_fetch(&lk->refs, 1, __ATOMIC_RELAXED);
+    int64_t now = consul_now_ms();
+    pthread_mutex_lock(&mu);
+    if (ensure_started() != 0) {
+        pthread_mutex_unlock(&mu);
         return -1;
     }
+    STORE(&lk->lost, 0);
+    lk->detach = lk->release_on_detach = 0;
+    lk->ctl_step = CTL_IDLE;
+    lk->watch_busy = 0;
+    lk->watch_index = lk->fence;
+    lk->next_renew = LOAD(&lk->lease_ms) + LOAD(&lk->ttl_ms) / 2;
+    lk->next_watch = now + FIRST_WATCH_MS;
+    __atomic_add_fetch(&lk->refs, 1, __ATOMIC_RELAXED);
+    lk->registered = 1;
+    lk->prev = NULL;
+    lk->next = head;
+    if (head != NULL)
+        head->prev = lk;
+    head = lk;
+    /* Wake the renewer only when it would otherwise look too late. */
+    if (wake_at > lk->next_watch || (LOAD(&lk->ttl_ms) > 0 && wake_at > lk->next_renew)) {
+        wake_at = 0;
+        curl_multi_wakeup(multi);
+    }
+    pthread_mutex_unlock(&mu);
     return 0;
 }
 
-void consul_renew_stop(consul_lock *lk, int release, int wait)
+void consul_renew_stop(consul_lock *lk, int release)
 {
-    if (!lk->running)
+    pthread_mutex_lock(&mu);
+    if (!lk->registered) {
+        pthread_mutex_unlock(&mu);
         return;
-    if (release)
-        STORE(&lk->release_on_stop, 1);
-    STORE(&lk->stop, 1);
-    curl_multi_wakeup(lk->multi);
-    if (wait && !lk->detached)
-        pthread_join(lk->thread, NULL);
-    else if (!lk->detached)
-        pthread_detach(lk->thread);
-    lk->detached = !wait;
-    lk->running = 0;
+    }
+    if (release) {
+        lk->detach = lk->release_on_detach = 1;
+        curl_multi_wakeup(multi);
+    } else if (lk->ctl_step == CTL_IDLE && !lk->watch_busy) {
+        /* Nothing in flight: take it back here, no need to wake anyone. */
+        unlink_lock(lk);
+        __atomic_sub_fetch(&lk->refs, 1, __ATOMIC_RELAXED);  /* the caller still holds one */
+    } else {
+        lk->detach = 1;
+        curl_multi_wakeup(multi);
+        while (lk->registered)
+            pthread_cond_wait(&cv, &mu);
+    }
+    pthread_mutex_unlock(&mu);
 }
 
-/* At exit, locks still held are released: by their threads, a few seconds at most. */
+/* At exit, locks still registered are released by the renewer, a few seconds at most. */
 static void renew_atexit(void)
 {
     struct timespec until;
     consul_lock *lk;
-    pthread_mutex_lock(&reg_mu);
-    for (lk = reg_head; lk != NULL; lk = lk->next) {
-        if (!LOAD(&lk->stop))
-            STORE(&lk->release_on_stop, 1);
-        STORE(&lk->stop, 1);
-        curl_multi_wakeup(lk->multi);
+    pthread_mutex_lock(&mu);
+    if (!started) {
+        pthread_mutex_unlock(&mu);
+        return;
     }
+    for (lk = head; lk != NULL; lk = lk->next)
+        lk->detach = lk->release_on_detach = 1;
+    curl_multi_wakeup(multi);
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += EXIT_WAIT_MS / 1000;
-    while (reg_running > 0)
-        if (pthread_cond_timedwait(&reg_cv, &reg_mu, &until) != 0)
+    while (head != NULL)
+        if (pthread_cond_timedwait(&cv, &mu, &until) != 0)
             break;
-    pthread_mutex_unlock(&reg_mu);
+    pthread_mutex_unlock(&mu);
 }
 
 static pthread_once_t atexit_once = PTHREAD_ONCE_INIT;

@@ -141,7 +141,7 @@ int consul_sem_acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
     char path[1200], query[160];
     consul_buf body = CONSUL_BUF_INIT;
     semlock *s = calloc(1, sizeof *s);
-    int tries = 0, rc;
+    int tries = 0, races = 0, rc;
 
     if (s == NULL)
         return CONSUL_ENOMEM;
@@ -169,7 +169,8 @@ int consul_sem_acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
         cJSON *rec;
         long w = 0;
         now = consul_now_ms();
-        if (tries > 0 && now >= deadline) {
+        /* A lost check-and-set race is no try: read again at once (wait = 0 too). */
+        if (tries > 0 && now >= deadline && !(races > 0 && races <= 64)) {
             snprintf(a->msg, sizeof a->msg,
                      "consul: semaphore %s: not acquired in %.3g s: %d of %ld slots taken",
                      lk->key, (double)wait_ms / 1000, s->n, s->limit);
@@ -231,6 +232,7 @@ int consul_sem_acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
             goto done;
         }
         if (s->n >= s->limit) {
+            races = 0;
             if (wait_ms == 0)
                 continue;  /* the deadline check above ends it */
             index = a->rs.has_index ? a->rs.index : 0;
@@ -251,6 +253,7 @@ int consul_sem_acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
             goto done;
         }
         index = 0;  /* lost the race: read again at once */
+        races++;
     }
 
 done:

@@ -17,11 +17,9 @@
 -- timing assertions are widened (SLOW). Children are not under valgrind; under ASan they
 -- run the ASan interpreter (build/asan/lua), which can load the instrumented core.so.
 --
--- Specs tagged #knownbug describe a bug of the C core that is reported, not yet fixed; run
--- `busted --exclude-tags=knownbug` to leave them out. Three (each explained where it is):
--- wait = 0 times out on a lost check-and-set race (semaphore.c), a semaphore's own session
--- is Behavior "release", not Go's "delete" (lock.c), and on LuaJIT a limit of 2.5 is taken
--- as 2 (lock.c).
+-- Three specs here began as reports of bugs since fixed (each explained where it is): wait = 0
+-- timing out on a lost check-and-set race, a semaphore's own session being Behavior
+-- "release" rather than Go's "delete", and LuaJIT taking a limit of 2.5 as 2.
 
 local consul = require("consul")
 local agent = require("spec.helpers.agent")
@@ -648,7 +646,7 @@ describe("consul semaphores", function()
     -- ("not acquired in 0 s: 1 of 3 slots taken") although slots are free. Go's Acquire
     -- reads again and retries. Fix: after a lost race, skip the deadline check once (bounded,
     -- e.g. 64 races in a row), so the next read decides.
-    it("wait = 0 with a slot free for everyone: never a timeout, also when contenders race #knownbug",
+    it("wait = 0 with a slot free for everyone: never a timeout, also when contenders race",
       function()
         local prefix = P .. "race"
         local procs, rounds = 3, 40
@@ -983,7 +981,7 @@ describe("consul semaphores", function()
     -- client_semaphore reads the limit with luaL_checkinteger, which on LuaJIT (the 5.1 API)
     -- truncates, so c:semaphore(p, 2.5) is a semaphore of 2 there. Fix: luaL_checknumber,
     -- the range check, then (lua_Number)(int)n == n or "number has no integer representation".
-    it("a limit that is not an integer raises #knownbug", function()
+    it("a limit that is not an integer raises", function()
       local prefix = P .. "bad-float"
       local ok, res = pcall(c.semaphore, c, prefix, 2.5, { wait = 0 })
       if ok and type(res) ~= "nil" and res.release then res:release() end
@@ -1002,7 +1000,7 @@ describe("consul semaphores", function()
     -- default "release" (lock.c lock_configure: :375, and :324-330 without opts), so every
     -- such holder leaves its contender key prefix/<session> behind for ever, without a
     -- session. Fix: default to "delete" when lk->kind == CONSUL_KIND_SEMAPHORE.
-    it("a semaphore's own session is Behavior delete, as Go's: no contender key outlives it #knownbug",
+    it("a semaphore's own session is Behavior delete, as Go's: no contender key outlives it",
       function()
         local prefix = P .. "behavior"
         local s1 = assert(c:semaphore(prefix, 2, { wait = 5, ttl = 10, lock_delay = 0 }))
