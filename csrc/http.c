@@ -1,7 +1,7 @@
 /*
  * http.c: libcurl. One consul_http is one easy handle, its connection cache and its scratch
  * buffers; consul_http_perform sends one consul_req and fills one consul_resp. Knows nothing
- * of Lua, so it serves the Lua-facing client and the background lock thread alike.
+ * of Lua, so it serves the Lua-facing client and the renewer thread alike.
  */
 #include "consul.h"
 

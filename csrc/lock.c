@@ -546,7 +546,7 @@ static int lock_held(lua_State *L)
     return 1;
 }
 
-/* __gc: hands a held lock to its thread to release; never blocks, never raises. */
+/* __gc: hands a held lock to the renewer to release; never blocks, never raises. */
 static int lock_gc(lua_State *L)
 {
     lock_ud *u = luaL_checkudata(L, 1, CONSUL_LOCK_MT);

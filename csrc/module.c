@@ -11,7 +11,7 @@
 int luaopen_consul_core(lua_State *L);
 #pragma GCC visibility pop
 
-/* Lock threads may outlive the lua_State (a collected lock is released by its thread, and
+/* The renewer thread may outlive the lua_State (a collected lock is released by it, and
  * atexit waits for them), but lua_close dlcloses C modules: keep this one mapped. */
 static void pin_self(void)
 {

@@ -1,7 +1,7 @@
 /*
  * session.c: the session and request steps that locks and semaphores share. An "attempt"
  * carries one handle, the last answer and its parsed JSON, and the failure message, so the
- * lock algorithms read as their steps. No Lua here: the lock thread runs these too.
+ * lock algorithms read as their steps. No Lua here: the renewer runs these too.
  */
 #include "consul.h"
 

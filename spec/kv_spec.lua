@@ -10,7 +10,10 @@ local agent = require("spec.helpers.agent")
 local json = require("dkjson")
 
 local IS_JIT = type(jit) == "table"
-local LUA = IS_JIT and "luajit" or "lua5.4"  -- the interpreter running us, for child processes
+-- the interpreter running us, for child processes: under `make asan` the instrumented module
+-- loads only into the instrumented front end
+local LUA = (os.getenv("CONSUL_TEST_ASAN") or "") ~= "" and "build/asan/lua"
+  or IS_JIT and "luajit" or "lua5.4"
 local P = "spec/kv/"
 
 local gettime

@@ -48,7 +48,7 @@ end
 describe("consul.routes()", function()
   local routes = consul.routes()
 
-  it("has 137 routes, each a {group=, name=, method=, path=} of strings", function()
+  it("has 137 routes, each a {group=, name=, method=, path=[, body=]} of strings", function()
     assert.are.equal(137, #routes)
     for i, r in ipairs(routes) do
       for _, k in ipairs({ "group", "name", "method", "path" }) do
@@ -56,8 +56,21 @@ describe("consul.routes()", function()
       end
       local n = 0
       for _ in pairs(r) do n = n + 1 end
-      assert.are.equal(4, n, "route " .. i .. " has extra fields")
+      assert.is_true(r.body == nil or r.body == "required" or r.body == "optional",
+        "route " .. i .. " body " .. tostring(r.body))
+      assert.are.equal(r.body and 5 or 4, n, "route " .. i .. " has extra fields")
     end
+  end)
+
+  it("says which routes take a body: the writes that carry a definition", function()
+    local by = {}
+    for _, r in ipairs(routes) do by[r.group .. ":" .. r.name] = r end
+    assert.are.equal("required", by["agent:service_register"].body)
+    assert.are.equal("optional", by["kv:put"].body)
+    assert.are.equal("optional", by["session:create"].body)
+    assert.is_nil(by["kv:get"].body)
+    assert.is_nil(by["session:destroy"].body)
+    assert.are.equal("required", by["txn:apply"].body)
   end)
 
   it("returns a fresh table on each call", function()
