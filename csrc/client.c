@@ -88,7 +88,7 @@ static int client_stats(lua_State *L)
 
 /* ---- consul.new ---------------------------------------------------------- */
 
-static void set_str(lua_State *L, char **field, const char *s, size_t n)
+void consul_set_str(lua_State *L, char **field, const char *s, size_t n)
 {
     char *p = malloc(n + 1);
     if (p == NULL)
@@ -161,7 +161,7 @@ static void read_token_file(lua_State *L, consul_conf *cf, const char *path)
             t++;
         n = strlen(t);
         check_token(L, t, n, "token file");
-        set_str(L, &cf->token, t, n);
+        consul_set_str(L, &cf->token, t, n);
     }
     memset(buf, 0, sizeof buf);
 }
@@ -201,9 +201,9 @@ static void parse_addr(lua_State *L, consul_conf *cf, const char *addr, int http
     if (strncmp(addr, "unix://", 7) == 0) {
         if (addr[7] == '\0')
             luaL_error(L, "bad option 'addr' to 'new' (empty unix socket path)");
-        set_str(L, &cf->unix_path, addr + 7, strlen(addr + 7));
-        set_str(L, &cf->hostport, addr, strlen(addr));
-        set_str(L, &cf->base_url, "http://localhost", 16);
+        consul_set_str(L, &cf->unix_path, addr + 7, strlen(addr + 7));
+        consul_set_str(L, &cf->hostport, addr, strlen(addr));
+        consul_set_str(L, &cf->base_url, "http://localhost", 16);
         return;
     }
     if (host[0] == '[') {
@@ -235,7 +235,7 @@ static void parse_addr(lua_State *L, consul_conf *cf, const char *addr, int http
     luaL_addchar(&b, ':');
     luaL_addstring(&b, port);
     luaL_pushresult(&b);
-    set_str(L, &cf->hostport, lua_tostring(L, -1), consul_rawlen(L, -1));
+    consul_set_str(L, &cf->hostport, lua_tostring(L, -1), consul_rawlen(L, -1));
     lua_pop(L, 1);
 
     luaL_buffinit(L, &b);
@@ -247,7 +247,7 @@ static void parse_addr(lua_State *L, consul_conf *cf, const char *addr, int http
     luaL_addchar(&b, ':');
     luaL_addstring(&b, port);
     luaL_pushresult(&b);
-    set_str(L, &cf->base_url, lua_tostring(L, -1), consul_rawlen(L, -1));
+    consul_set_str(L, &cf->base_url, lua_tostring(L, -1), consul_rawlen(L, -1));
     lua_pop(L, 1);
 
     if (server_name != NULL) {
@@ -256,7 +256,7 @@ static void parse_addr(lua_State *L, consul_conf *cf, const char *addr, int http
         lua_pushlstring(L, host, hostlen);
         lua_pushfstring(L, ":%s", port);
         lua_concat(L, 3);
-        set_str(L, &cf->connect_to, lua_tostring(L, -1), consul_rawlen(L, -1));
+        consul_set_str(L, &cf->connect_to, lua_tostring(L, -1), consul_rawlen(L, -1));
         lua_pop(L, 1);
     }
 }
@@ -345,12 +345,12 @@ static void configure(lua_State *L, consul_conf *cf)
     if (!lua_isnil(L, -2)) {
         s = opt_str(L, "token", NULL, &n);
         check_token(L, s, n, "option 'token'");
-        set_str(L, &cf->token, s, n);
+        consul_set_str(L, &cf->token, s, n);
     } else if (!lua_isnil(L, -1)) {
         read_token_file(L, cf, opt_str(L, "token_file", NULL, &n));
     } else if ((s = getenv("CONSUL_HTTP_TOKEN")) != NULL && s[0] != '\0') {
         check_token(L, s, strlen(s), "CONSUL_HTTP_TOKEN");
-        set_str(L, &cf->token, s, strlen(s));
+        consul_set_str(L, &cf->token, s, strlen(s));
     } else if ((s = getenv("CONSUL_HTTP_TOKEN_FILE")) != NULL && s[0] != '\0') {
         read_token_file(L, cf, s);
     }
@@ -362,7 +362,7 @@ static void configure(lua_State *L, consul_conf *cf)
         luaL_error(L, "bad argument #1 to 'new' (dc and datacenter are the same option)");
     lua_pop(L, 2);
     if ((s = opt_str(L, "dc", NULL, &n)) != NULL || (s = opt_str(L, "datacenter", NULL, &n)) != NULL)
-        set_str(L, &cf->dc, s, n);
+        consul_set_str(L, &cf->dc, s, n);
 
     lua_getfield(L, 1, "timeout");
     if (!lua_isnil(L, -1)) {
@@ -389,13 +389,13 @@ static void configure(lua_State *L, consul_conf *cf)
     lua_pop(L, 1);
 
     if ((s = opt_str(L, "ca_file", "CONSUL_CACERT", &n)) != NULL)
-        set_str(L, &cf->ca_file, s, n);
+        consul_set_str(L, &cf->ca_file, s, n);
     if ((s = opt_str(L, "ca_path", "CONSUL_CAPATH", &n)) != NULL)
-        set_str(L, &cf->ca_path, s, n);
+        consul_set_str(L, &cf->ca_path, s, n);
     if ((s = opt_str(L, "cert_file", "CONSUL_CLIENT_CERT", &n)) != NULL)
-        set_str(L, &cf->cert_file, s, n);
+        consul_set_str(L, &cf->cert_file, s, n);
     if ((s = opt_str(L, "key_file", "CONSUL_CLIENT_KEY", &n)) != NULL)
-        set_str(L, &cf->key_file, s, n);
+        consul_set_str(L, &cf->key_file, s, n);
 
     if ((s = opt_str(L, "consistency", NULL, &n)) != NULL) {
         if (strcmp(s, "default") == 0)

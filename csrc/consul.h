@@ -246,6 +246,8 @@ typedef struct consul_call {
 } consul_call;
 
 consul_client *consul_checkclient(lua_State *L, int idx);  /* raises if closed */
+/* *field = a malloc'd copy of s[0..n) (the old one freed); raises when out of memory. */
+void consul_set_str(lua_State *L, char **field, const char *s, size_t n);
 consul_client *consul_group_client(lua_State *L);          /* self (arg 1) is a group object */
 /* Parses per-call options (table at idx, or none) into c->query and call. Raises on unknown
  * names or bad values. Applies the client's dc and consistency unless the call names its own. */
@@ -326,6 +328,10 @@ int consul_att_session_create(consul_lock *lk, attempt *a);
 void consul_att_session_destroy(consul_lock *lk, attempt *a);
 int consul_att_session_renew(consul_lock *lk, attempt *a);
 int64_t consul_att_lock_delay(attempt *a, const char *id);  /* another session's, ms; -1 */
+/* While an acquire waits: renews a session the lock created when *next_renew is due. */
+int consul_att_keep_alive(consul_lock *lk, attempt *a, int64_t now, int64_t *next_renew);
+/* How long its next blocking read may wait: to the deadline or the next renewal, 1 ms..5 min. */
+long consul_att_wait_ms(const consul_lock *lk, int64_t now, int64_t deadline, int64_t next_renew);
 void consul_millisleep(int64_t ms);
 
 consul_lock *consul_lock_new(consul_conf *cf);  /* NULL: out of memory */

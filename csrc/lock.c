@@ -22,7 +22,6 @@
 
 #define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
-#define MAX_WAIT_MS 300000
 
 /* One transaction: lock the key with our session, flags and value; 1 taken (fence set),
  * 0 refused, or a failure code (negative). */
@@ -92,18 +91,12 @@ static int acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
         now = consul_now_ms();
         if (tries > 0 && now >= deadline)
             goto timeout;
-        if (lk->own_session && LOAD(&lk->ttl_ms) > 0 && now >= next_renew) {
-            if ((rc = consul_att_session_renew(lk, a)) != CONSUL_OK)
-                return rc;
-            next_renew = now + LOAD(&lk->ttl_ms) / 2;
-        }
+        if ((rc = consul_att_keep_alive(lk, a, now, &next_renew)) != CONSUL_OK)
+            return rc;
         tries++;
         if (!retake) {
             if (index > 0) {
-                int64_t left = deadline - now;
-                if (lk->own_session && next_renew - now < left)
-                    left = next_renew - now;
-                w = (long)(left > MAX_WAIT_MS ? MAX_WAIT_MS : left < 1 ? 1 : left);
+                w = consul_att_wait_ms(lk, now, deadline, next_renew);
                 snprintf(query, sizeof query, "index=%llu&wait=%ldms", (unsigned long long)index,
                          w);
             }
@@ -306,17 +299,6 @@ static void check_names(lua_State *L, int idx, const char *const *names)
     }
 }
 
-static void set_copy(lua_State *L, char **field, const char *s, size_t n)
-{
-    char *p = malloc(n + 1);
-    if (p == NULL)
-        luaL_error(L, "not enough memory");
-    memcpy(p, s, n);
-    p[n] = '\0';
-    free(*field);
-    *field = p;
-}
-
 /* Reads the options at idx into lk (raises on bad ones); returns wait in ms (-1: for ever). */
 static int64_t lock_configure(lua_State *L, int idx, consul_lock *lk, int first)
 {
@@ -325,7 +307,7 @@ static int64_t lock_configure(lua_State *L, int idx, consul_lock *lk, int first)
     const char *s;
     if (lua_isnoneornil(L, idx)) {
         if (first) {
-            set_copy(L, &lk->name, "Lua lock", 8);
+            consul_set_str(L, &lk->name, "Lua lock", 8);
             lk->ttl_def_ms = 15000;
             lk->lock_delay_ms = 15000;
             lk->behavior_delete = lk->kind == CONSUL_KIND_SEMAPHORE;
@@ -350,7 +332,7 @@ static int64_t lock_configure(lua_State *L, int idx, consul_lock *lk, int first)
         if (lua_type(L, -1) != LUA_TSTRING)
             luaL_error(L, "bad option 'value' (string expected)");
         s = lua_tolstring(L, -1, &n);
-        set_copy(L, &lk->value, s, n);
+        consul_set_str(L, &lk->value, s, n);
         lk->value_len = n;
     }
     lua_pop(L, 1);
@@ -370,7 +352,7 @@ static int64_t lock_configure(lua_State *L, int idx, consul_lock *lk, int first)
         strspn(s, "\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10\x11\x12"
                   "\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f") != 0)
         luaL_error(L, "bad option 'name' (a string without quotes or backslashes expected)");
-    set_copy(L, &lk->name, s, strlen(s));
+    consul_set_str(L, &lk->name, s, strlen(s));
     lua_pop(L, 1);
     lk->ttl_def_ms = opt_seconds_ms(L, idx, "ttl", 15000);
     lk->lock_delay_ms = opt_seconds_ms(L, idx, "lock_delay", 15000);
@@ -458,7 +440,7 @@ static int new_lock(lua_State *L, int kind, int limit, int opts)
     lk->kind = kind;
     lk->limit = limit;
     lk->flags = kind == CONSUL_KIND_SEMAPHORE ? CONSUL_SEMAPHORE_FLAG : CONSUL_LOCK_FLAG;
-    set_copy(L, &lk->key, key, n);
+    consul_set_str(L, &lk->key, key, n);
     if (consul_buf_adds(&path, "/v1/kv/") != 0 || consul_buf_add_escaped(&path, key, n, 1) != 0 ||
         (kind == CONSUL_KIND_SEMAPHORE && consul_buf_add(&path, "/", 1) != 0)) {
         consul_buf_free(&path);

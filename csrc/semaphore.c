@@ -12,7 +12,6 @@
 #include <string.h>
 
 #define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
-#define MAX_WAIT_MS 300000
 #define MAX_HOLDERS 1024
 
 /* The decoded prefix/.lock */
@@ -177,17 +176,11 @@ int consul_sem_acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
             rc = CONSUL_ETIMEOUT;
             goto done;
         }
-        if (lk->own_session && LOAD(&lk->ttl_ms) > 0 && now >= next_renew) {
-            if ((rc = consul_att_session_renew(lk, a)) != CONSUL_OK)
-                goto done;
-            next_renew = now + LOAD(&lk->ttl_ms) / 2;
-        }
+        if ((rc = consul_att_keep_alive(lk, a, now, &next_renew)) != CONSUL_OK)
+            goto done;
         tries++;
         if (index > 0) {
-            int64_t left = deadline - now;
-            if (lk->own_session && next_renew - now < left)
-                left = next_renew - now;
-            w = (long)(left > MAX_WAIT_MS ? MAX_WAIT_MS : left < 1 ? 1 : left);
+            w = consul_att_wait_ms(lk, now, deadline, next_renew);
             snprintf(query, sizeof query, "recurse&index=%llu&wait=%ldms",
                      (unsigned long long)index, w);
         } else {

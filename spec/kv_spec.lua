@@ -10,10 +10,7 @@ local agent = require("spec.helpers.agent")
 local json = require("dkjson")
 
 local IS_JIT = type(jit) == "table"
--- the interpreter running us, for child processes: under `make asan` the instrumented module
--- loads only into the instrumented front end
-local LUA = (os.getenv("CONSUL_TEST_ASAN") or "") ~= "" and "build/asan/lua"
-  or IS_JIT and "luajit" or "lua5.4"
+local LUA = require("spec.helpers.util").LUA  -- the interpreter running us, for child processes
 local P = "spec/kv/"
 
 local gettime

@@ -23,66 +23,15 @@ local agent = require("spec.helpers.agent")
 local json = require("dkjson")
 local system = require("system")
 
-local IS_JIT = type(jit) == "table"
-local VALGRIND = (os.getenv("CONSUL_TEST_VALGRIND") or "") ~= ""
-local ASAN = (os.getenv("CONSUL_TEST_ASAN") or "") ~= ""
-local SLOW = VALGRIND or ASAN
+local util = require("spec.helpers.util")
+local IS_JIT, VALGRIND, ASAN, SLOW = util.IS_JIT, util.VALGRIND, util.ASAN, util.SLOW
+local LUA, now, sleep, slack = util.LUA, util.now, util.sleep, util.slack
+local read_file, wait_until, path_of = util.read_file, util.wait_until, util.path_of
+local note = util.noter("lock_spec")
 local P = "spec/lock/"
 local FLAGS_DIGITS = "3304740253564472344"  -- 0x2ddccbc058a50c18, as Consul's JSON has it
-
--- the interpreter for child processes: the one running us
-local function child_lua()
-  if ASAN then
-    local f = io.open("build/asan/lua", "rb")
-    if f then
-      f:close()
-      return "build/asan/lua"
-    end
-  end
-  return IS_JIT and "luajit" or "lua5.4"
-end
-local LUA = child_lua()
-
 local SPEC_DIR = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")) or "spec"
 local WORKER = SPEC_DIR .. "/helpers/lock_worker.lua"
-
-local now = system.monotime
-local sleep = system.sleep
-
-local function note(...)
-  io.stderr:write("\n[lock_spec note] ", string.format(...), "\n")
-end
-
--- bounds of timing assertions: widened when this process runs under valgrind or ASan
-local function slack(normal, slow)
-  return SLOW and slow or normal
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
--- polls fn every `step` seconds until it returns a truthy value (returned) or `timeout` passes
-local function wait_until(timeout, fn, step)
-  local deadline = now() + timeout
-  repeat
-    local v = fn()
-    if v then return v end
-    sleep(step or 0.02)
-  until now() > deadline
-  return fn()
-end
-
--- percent-encode a key for agent.http, keeping "/"
-local function path_of(key)
-  return (key:gsub("[^%w%-%._~/]", function(ch)
-    return string.format("%%%02X", ch:byte())
-  end))
-end
 
 describe("consul locks", function()
   local A, c, c2

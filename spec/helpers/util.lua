@@ -1,0 +1,67 @@
+-- spec/helpers/util.lua: what several specs need besides an agent: which interpreter runs
+-- them (and so their child processes), how slow this run is, clocks, polling, small files.
+local system = require("system")
+
+local M = {}
+
+M.IS_JIT = type(jit) == "table"
+M.VALGRIND = (os.getenv("CONSUL_TEST_VALGRIND") or "") ~= ""
+M.ASAN = (os.getenv("CONSUL_TEST_ASAN") or "") ~= ""
+M.SLOW = M.VALGRIND or M.ASAN
+
+-- The interpreter for child processes: the one running us. Under `make asan` the instrumented
+-- module loads only into the instrumented front end (build/asan/lua).
+local function child_lua()
+  if M.ASAN then
+    local f = io.open("build/asan/lua", "rb")
+    if f then
+      f:close()
+      return "build/asan/lua"
+    end
+  end
+  return M.IS_JIT and "luajit" or "lua5.4"
+end
+M.LUA = child_lua()
+
+M.now = system.monotime
+M.sleep = system.sleep
+
+-- A note(...) function that prints under the spec's name.
+function M.noter(name)
+  return function(...)
+    io.stderr:write("\n[" .. name .. " note] ", string.format(...), "\n")
+  end
+end
+
+-- Bounds of timing assertions: widened when this process runs under valgrind or ASan.
+function M.slack(normal, slow)
+  return M.SLOW and slow or normal
+end
+
+function M.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- Polls fn every `step` seconds until it returns a truthy value (returned) or `timeout` passes.
+function M.wait_until(timeout, fn, step)
+  local deadline = M.now() + timeout
+  repeat
+    local v = fn()
+    if v then return v end
+    M.sleep(step or 0.02)
+  until M.now() > deadline
+  return fn()
+end
+
+-- Percent-encodes a key for agent.http, keeping "/".
+function M.path_of(key)
+  return (key:gsub("[^%w%-%._~/]", function(ch)
+    return string.format("%%%02X", ch:byte())
+  end))
+end
+
+return M
