@@ -7,6 +7,7 @@
 
 local consul = require("consul")
 local agent = require("spec.helpers.agent")
+local defer = require("spec.helpers.util").defer  -- every cleanup, not only the last
 local json = require("dkjson")
 
 local VALGRIND = os.getenv("CONSUL_TEST_VALGRIND") == "1" or os.getenv("CONSUL_TEST_ASAN") == "1"
@@ -34,6 +35,7 @@ local function find(list, field, value)
 end
 
 describe("consul agent", function()
+  after_each(function() require("spec.helpers.util").run_deferred() end)
   local A, c
 
   -- raw GET, decoded (nil for a 404)
@@ -197,13 +199,13 @@ telemetry {
         "agent -dev -config-file=\"$AGENT_DIR/agent.hcl\" >>\"$AGENT_DIR/agent.log\" 2>&1' " ..
         "</dev/null >/dev/null 2>&1 &")
       assert.are.equal(0, rc, out)
-      finally(function()
+      defer(function()
         agent.sh(agent.quote(agent.scripts_dir .. "/agent.sh") .. " stop " .. agent.quote(dir) ..
           " >/dev/null 2>&1")
       end)
       local addr = "127.0.0.1:" .. ports[1]
       local p = consul.new({ addr = addr })
-      finally(function() p:close() end)
+      defer(function() p:close() end)
       eventually("the Prometheus agent's HTTP server", function()
         return (p.agent:metrics({ format = "prometheus" })) ~= nil
       end)
@@ -220,7 +222,7 @@ telemetry {
   ---------------------------------------------------------------------------
   describe("node maintenance", function()
     it("enable=true with a reason adds the maintenance check; enable=false removes it", function()
-      finally(function() raw_put("/v1/agent/maintenance?enable=false") end)
+      defer(function() raw_put("/v1/agent/maintenance?enable=false") end)
       local ok, err, meta = c.agent:maintenance({ enable = true, reason = "spec agent maint" })
       assert.are.equal(true, ok)
       assert.is_nil(err)

@@ -20,6 +20,7 @@
 
 local consul = require("consul")
 local agent = require("spec.helpers.agent")
+local defer = require("spec.helpers.util").defer  -- every cleanup, not only the last
 local json = require("dkjson")
 local system = require("system")
 
@@ -34,6 +35,7 @@ local SPEC_DIR = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")) or "spec"
 local WORKER = SPEC_DIR .. "/helpers/lock_worker.lua"
 
 describe("consul locks", function()
+  after_each(function() require("spec.helpers.util").run_deferred() end)
   local A, c, c2
   local TMP
   local children = {}
@@ -201,7 +203,7 @@ describe("consul locks", function()
         local prefix = P .. "interop1"
         local key = prefix .. "/.lock"
         local lock = assert(c:lock(key, { wait = 5 }))
-        finally(function() lock:release() end)
+        defer(function() lock:release() end)
         assert.are.equal(lock.session, holder(key))
 
         local t0 = now()
@@ -230,7 +232,7 @@ describe("consul locks", function()
       local key = prefix .. "/.lock"
       local child = spawn("consul-lock",
         agent.quote(agent.bin()) .. " lock -http-addr=" .. A .. " " .. prefix .. " sleep 5")
-      finally(function() kill(child, "KILL") end)
+      defer(function() kill(child, "KILL") end)
       local rec = wait_until(10, function()
         local r = raw_record(key)
         return r and r.Session and r
@@ -250,7 +252,7 @@ describe("consul locks", function()
 
       lock, err = c:lock(key, { wait = 20 })
       assert(lock, err)
-      finally(function() lock:release() end)
+      defer(function() lock:release() end)
       assert.is_true(lock:held())
       assert.is_truthy(wait_exit(child, 10))
       assert.are.equal(0, exit_code(child), log_of(child))
@@ -279,7 +281,7 @@ describe("consul locks", function()
     it("session: an existing session is used, and never destroyed by the lock", function()
       local key = P .. "opts/session/.lock"
       local id = assert(c.session:create({ Name = "spec own session", LockDelay = 0 }))
-      finally(function() c.session:destroy(id) end)
+      defer(function() c.session:destroy(id) end)
       local lock = assert(c:lock(key, { wait = 5, session = id }))
       assert.are.equal(id, lock.session)
       assert.are.equal(id, holder(key))
@@ -294,9 +296,9 @@ describe("consul locks", function()
       function()
         local key = P .. "opts/session2/.lock"
         local id = assert(c.session:create({ Name = "spec own session 2", LockDelay = 0 }))
-        finally(function() c.session:destroy(id) end)
+        defer(function() c.session:destroy(id) end)
         local lock = assert(c:lock(key, { wait = 5, session = id }))
-        finally(function() lock:release() end)
+        defer(function() lock:release() end)
         assert.is_true(lock:release())
         assert(lock:acquire({ wait = 5 }))
         assert.are.equal(id, holder(key))
@@ -309,14 +311,14 @@ describe("consul locks", function()
       local key = P .. "opts/def/.lock"
       local lock = assert(c:lock(key, { wait = 5, name = "spec named", ttl = "20s",
         lock_delay = 2, behavior = "delete" }))
-      finally(function() lock:release() end)
+      defer(function() lock:release() end)
       local s = assert(raw_session(lock.session))
       assert.are.equal("spec named", s.Name)
       assert.are.equal(2000000000, s.LockDelay)
       assert.are.equal("delete", s.Behavior)
       assert.is_truthy(s.TTL == "20s" or s.TTL == "20000ms", s.TTL)
       local d = assert(c:lock(P .. "opts/def2/.lock", { wait = 5 }))  -- the defaults
-      finally(function() d:release() end)
+      defer(function() d:release() end)
       local s2 = assert(raw_session(d.session))
       assert.are.equal("Lua lock", s2.Name)
       assert.are.equal(15000000000, s2.LockDelay)
@@ -343,7 +345,7 @@ describe("consul locks", function()
 
     it("acquire() of a lock still held returns it as is", function()
       local lock = assert(c:lock(P .. "opts/again/.lock", { wait = 5, lock_delay = 0 }))
-      finally(function() lock:release() end)
+      defer(function() lock:release() end)
       local session, fence = lock.session, lock.fence
       assert.are.equal(lock, lock:acquire({ wait = 0 }))
       assert.are.equal(session, lock.session)
@@ -382,7 +384,7 @@ describe("consul locks", function()
       function()
         local key = P .. "loss/session/.lock"
         local lock = assert(c:lock(key, { ttl = 10, lock_delay = 0 }))
-        finally(function() lock:release() end)
+        defer(function() lock:release() end)
         local fence1, session1 = lock.fence, lock.session
         assert.is_true(lock:held())
         assert.is_true(c2.session:destroy(session1))
@@ -405,7 +407,7 @@ describe("consul locks", function()
       function()
         local key = P .. "loss/key/.lock"
         local lock = assert(c:lock(key, { ttl = 10, lock_delay = 0 }))
-        finally(function() lock:release() end)
+        defer(function() lock:release() end)
         local fence1 = lock.fence
         sleep(0.3)  -- past the watch's start
         raw("DELETE", "/v1/kv/" .. path_of(key))
@@ -502,7 +504,7 @@ describe("consul locks", function()
       assert.is_true(other:release())
       held:release()
       local third = assert(c:lock(P .. "wait/other", { wait = 0, lock_delay = 0 }))
-      finally(function() third:release() end)
+      defer(function() third:release() end)
       local t0 = now()
       local lock, err, meta = other:acquire({ wait = 0 })
       assert.is_nil(lock)
@@ -587,9 +589,9 @@ describe("consul locks", function()
       function()
         local key = P .. "delay/seen/.lock"
         local c3 = consul.new({ addr = A })
-        finally(function() c3:close() end)
+        defer(function() c3:close() end)
         local h = assert(c:lock(key, { ttl = 10, lock_delay = 1 }))
-        finally(function() h:release() end)
+        defer(function() h:release() end)
         local n, lines, r = count_requests(function()
           -- destroyed from outside 0.5 s from now, while c3 waits on the key
           local killer = spawn("destroy", "sh -c " .. agent.quote("sleep 0.5; curl -sS " ..
@@ -602,7 +604,7 @@ describe("consul locks", function()
         end)
         local lock, err, elapsed = r.lock, r.err, r.elapsed
         assert(lock, err)
-        finally(function() lock:release() end)
+        defer(function() lock:release() end)
         note("lock-delay 1 s, holder seen: acquired after %.2f s (destroy at ~0.5 s), %d requests:\n  %s",
           elapsed, n, table.concat(lines, "\n  "))
         assert.is_true(elapsed >= 1.4, "acquired after " .. elapsed .. " s: lock-delay not honoured")
@@ -617,9 +619,9 @@ describe("consul locks", function()
       function()
         local key = P .. "delay/unseen/.lock"
         local c3 = consul.new({ addr = A })
-        finally(function() c3:close() end)
+        defer(function() c3:close() end)
         local h = assert(c:lock(key, { ttl = 10, lock_delay = 1 }))
-        finally(function() h:release() end)
+        defer(function() h:release() end)
         sleep(0.3)  -- let the holder's watch settle
         local n, lines, r = count_requests(function()
           assert.is_true(c2.session:destroy(h.session))
@@ -629,7 +631,7 @@ describe("consul locks", function()
         end)
         local lock, err, elapsed = r.lock, r.err, r.elapsed
         assert(lock, err)
-        finally(function() lock:release() end)
+        defer(function() lock:release() end)
         note("lock-delay 1 s, holder unseen: acquired after %.2f s with %d requests:\n  %s",
           elapsed, n, table.concat(lines, "\n  "))
         assert.is_true(elapsed >= 0.8, "acquired after " .. elapsed .. " s: lock-delay not honoured")
@@ -663,13 +665,13 @@ describe("consul locks", function()
       function()
         local key = P .. "delay/0/.lock"
         local h = assert(c:lock(key, { ttl = 10, lock_delay = 0 }))
-        finally(function() h:release() end)
+        defer(function() h:release() end)
         assert.is_true(c2.session:destroy(h.session))
         local t0 = now()
         local lock, err = c2:lock(key, { wait = 5 })
         local elapsed = now() - t0
         assert(lock, err)
-        finally(function() lock:release() end)
+        defer(function() lock:release() end)
         assert.is_true(elapsed < slack(0.5, 3), "acquired after " .. elapsed .. " s")
       end)
   end)
@@ -679,7 +681,7 @@ describe("consul locks", function()
     it("a ttl = 10 lock held for 12 s stays held, its session alive", function()
       local key = P .. "renew/.lock"
       local lock = assert(c:lock(key, { ttl = 10, lock_delay = 0 }))
-      finally(function() lock:release() end)
+      defer(function() lock:release() end)
       local s0 = raw_session(lock.session)
       assert.is_truthy(s0)
       assert.matches("^10", s0.TTL)
@@ -699,9 +701,9 @@ describe("consul locks", function()
     it("agent gone: held() false once the TTL passed without renewal; release() nil, err",
       function()
         local a = agent.start()
-        finally(function() a:stop() end)
+        defer(function() a:stop() end)
         local ca = consul.new({ addr = a.addr })
-        finally(function() ca:close() end)
+        defer(function() ca:close() end)
         local lock = assert(ca:lock(P .. "lease/.lock", { ttl = 10, lock_delay = 0, wait = 10 }))
         local t0 = now()  -- the lease started (session created) just before this
         a:stop()
@@ -832,7 +834,7 @@ describe("consul locks", function()
 
     it("with_lock does not call fn when the lock cannot be had", function()
       local h = assert(c2:lock(key, { wait = 5, lock_delay = 0 }))
-      finally(function() h:release() end)
+      defer(function() h:release() end)
       local called = false
       local ok, err, meta = c:with_lock(key, { wait = 0 }, function() called = true end)
       assert.is_nil(ok)

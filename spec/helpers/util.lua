@@ -64,4 +64,23 @@ function M.path_of(key)
   end))
 end
 
+-- busted's finally() keeps only the last function given in a test. defer(fn) keeps them all;
+-- run_deferred (installed with after_each) runs them last-in first-out, each even if an
+-- earlier one failed, then reports the first failure.
+local deferred = {}
+
+function M.defer(fn)
+  deferred[#deferred + 1] = fn
+end
+
+function M.run_deferred()
+  local list, first = deferred, nil
+  deferred = {}
+  for i = #list, 1, -1 do
+    local ok, err = pcall(list[i])
+    if not ok and first == nil then first = err end
+  end
+  if first ~= nil then error(first, 0) end
+end
+
 return M
