@@ -128,15 +128,15 @@ static int acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
                 }
                 if (cJSON_IsString(s) && s->valuestring[0] != '\0') {
                     /* Held by another: wait for the key to change. */
+                    int new_holder = strcmp(holder, s->valuestring) != 0 &&
+                                     strlen(s->valuestring) < sizeof holder;
+                    if (new_holder)
+                        strcpy(holder, s->valuestring);
                     if (wait_ms == 0)
                         goto timeout;
                     index = a->rs.has_index ? a->rs.index : 0;
-                    if (strcmp(holder, s->valuestring) != 0 &&
-                        strlen(s->valuestring) < sizeof holder) {
-                        /* Its lock-delay tells how long to wait once it is gone. */
-                        strcpy(holder, s->valuestring);
+                    if (new_holder)  /* its lock-delay: how long to wait once it is gone */
                         holder_delay = consul_att_lock_delay(a, holder);
-                    }
                     freed_at = 0;
                     continue;
                 }
@@ -283,6 +283,8 @@ static int64_t opt_seconds_ms(lua_State *L, int idx, const char *name, int64_t d
 
 static const char *const lock_options[] = { "wait", "value", "session", "ttl", "lock_delay",
                                             "behavior", "name", NULL };
+/* lock:acquire again: the lock's own definition stays; only how long to wait is new */
+static const char *const acquire_options[] = { "wait", NULL };
 
 static void check_names(lua_State *L, int idx, const char *const *names)
 {
@@ -315,7 +317,7 @@ static int64_t lock_configure(lua_State *L, int idx, consul_lock *lk, int first)
         return -1;
     }
     luaL_checktype(L, idx, LUA_TTABLE);
-    check_names(L, idx, lock_options);
+    check_names(L, idx, first ? lock_options : acquire_options);
     lua_getfield(L, idx, "wait");
     if (!lua_isnil(L, -1)) {
         lua_Number w = lua_tonumber(L, -1);
