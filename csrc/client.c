@@ -219,7 +219,8 @@ static void parse_addr(lua_State *L, consul_conf *cf, const char *addr, int http
     if (colon != NULL) {
         port = colon + 1;
         hostlen = (size_t)(colon - host);
-        if (*port == '\0' || strspn(port, "0123456789") != strlen(port) || atol(port) > 65535)
+        if (*port == '\0' || strlen(port) > 5 || strspn(port, "0123456789") != strlen(port) ||
+            atol(port) > 65535 || atol(port) == 0)
             luaL_error(L, "bad option 'addr' to 'new' (bad port in '%s')", addr);
     } else {
         port = "8500";

@@ -8,6 +8,11 @@
  *   client.c   the consul.Client userdata, options, per-call options, the generic call path
  *   routes.c   the table of every Consul HTTP route and the generic method serving them
  *   kv.c       the KV methods whose answers need shaping (get, record, list, keys, pairs, put, delete)
+ *   stream.c   the streaming routes: agent:monitor, snapshot:save and restore
+ *   session.c  the session and request steps of one lock attempt (no Lua)
+ *   lock.c     locks: Go's acquire algorithm, release, and the consul.Lock userdata
+ *   semaphore.c  semaphores in the Go client's layout (the same userdata)
+ *   renew.c    the renewer thread keeping held locks alive, and a lock's reference count
  *   module.c   luaopen_consul_core and nothing else
  * Only luaopen_* is exported; everything here is hidden.
  */
@@ -23,6 +28,10 @@
 #include <curl/curl.h>
 
 #pragma GCC visibility push(hidden)
+
+/* Fields a lock's Lua side and the renewer thread both read. */
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
 #define CONSUL_VERSION "0.1.0"
 #define CONSUL_CLIENT_MT "consul.Client"
@@ -113,7 +122,6 @@ typedef struct consul_req {
     long timeout_ms;         /* 0: the conf's; -1: none (a stream), only the connect one */
     consul_sink sink;        /* stream the body here when set */
     void *sink_ud;
-    const int *cancel;       /* aborts the transfer when *cancel becomes non-zero */
 } consul_req;
 
 typedef struct consul_resp {
@@ -140,6 +148,7 @@ typedef struct consul_http {
     struct curl_slist *connect_to;
     const consul_req *rq;       /* during perform */
     const consul_req *multi_rq; /* a transfer started on a multi handle, not yet finished */
+    long pid;                   /* the process that made easy: a forked child makes its own */
     consul_resp *rs;
     char errbuf[CURL_ERROR_SIZE];
 } consul_http;
@@ -150,10 +159,6 @@ int consul_http_init(consul_http *h, consul_conf *conf);
 void consul_http_release(consul_http *h);  /* idempotent */
 /* Never raises, never touches Lua. Returns rs->code. */
 int consul_http_perform(consul_http *h, const consul_req *rq, consul_resp *rs);
-/* The same through a multi handle, so that curl_multi_wakeup and *stop end it at once
- * (then rs->code is CONSUL_OK and rs->status 0). */
-int consul_http_perform_multi(consul_http *h, CURLM *m, const consul_req *rq, consul_resp *rs,
-                              const int *stop);
 /* Step by step on a multi handle (a stream): start; step until it returns 0 (finished, rs
  * filled); or abort. rq must live until then. */
 int consul_http_start(consul_http *h, CURLM *m, const consul_req *rq, consul_resp *rs);
@@ -268,6 +273,9 @@ void consul_client_open(lua_State *L);  /* module table at -1 */
 
 #define CONSUL_LOCK_MT "consul.Lock"
 #define CONSUL_KIND_LOCK 0
+/* The longest "/v1/kv/<escaped key>" of a lock: a semaphore's contender and .lock paths add
+ * a session ID to it in fixed buffers. */
+#define CONSUL_MAX_LOCK_PATH 1000
 #define CONSUL_KIND_SEMAPHORE 1  /* key is the prefix; path "/v1/kv/<prefix>/" */
 
 /* A lock's C state. Owned by reference count: the Lua object holds one reference and the
@@ -295,6 +303,7 @@ typedef struct consul_lock {
     int64_t ttl_ms;           /* atomic: the session's TTL as Consul last reported it; 0 none */
     int64_t lease_ms;         /* atomic: when the session was last renewed (monotonic) */
     int held;                 /* atomic */
+    int release_pending;      /* a release failed: release() tries again */
     int lost;                 /* atomic: the renewer saw it go */
     /* the renewer's, under its mutex */
     int registered;           /* in the renewer's list */
@@ -325,7 +334,8 @@ int consul_att_failed(attempt *a);  /* formats a->msg from a->rs; returns the co
 int consul_att_parse(attempt *a);   /* parses a->rs's body into a->doc */
 void consul_att_release(attempt *a);
 int consul_att_session_create(consul_lock *lk, attempt *a);
-void consul_att_session_destroy(consul_lock *lk, attempt *a);
+/* Destroys a session the lock created; on failure it stays (a->msg says why), to retry. */
+int consul_att_session_destroy(consul_lock *lk, attempt *a);
 int consul_att_session_renew(consul_lock *lk, attempt *a);
 int64_t consul_att_lock_delay(attempt *a, const char *id);  /* another session's, ms; -1 */
 /* While an acquire waits: renews a session the lock created when *next_renew is due. */

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 
@@ -172,35 +173,23 @@ static size_t on_header(char *line, size_t size, size_t n, void *ud)
     return len;
 }
 
-static int on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
-{
-    const consul_http *h = ud;
-    (void)dt, (void)dn, (void)ut, (void)un;
-    return __atomic_load_n(h->rq->cancel, __ATOMIC_ACQUIRE) != 0;
-}
-
 /* ---- the handle ------------------------------------------------------- */
 
-int consul_http_init(consul_http *h, consul_conf *cf)
+/* A new easy handle for h, set up from its conf. 0 ok. */
+static int setup_easy(consul_http *h)
 {
-    CURL *e;
-    consul_http_global_init();
-    e = curl_easy_init();
+    consul_conf *cf = h->conf;
+    CURL *e = curl_easy_init();
     if (e == NULL)
         return -1;
     h->easy = e;
-    h->conf = consul_conf_retain(cf);
-    if (consul_buf_reserve(&h->body, 0) != 0 || consul_buf_reserve(&h->url, 0) != 0)
-        return -1;
-
+    h->pid = getpid();
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, h->errbuf);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, h);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, h);
-    curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
-    curl_easy_setopt(e, CURLOPT_XFERINFODATA, h);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
     /* A key "a/.." is a key, not a path to squash: Consul then refuses it (301) instead of
      * libcurl silently writing (or recursively deleting) "a/". */
@@ -220,13 +209,20 @@ int consul_http_init(consul_http *h, consul_conf *cf)
         curl_easy_setopt(e, CURLOPT_SSLCERT, cf->cert_file);
     if (cf->key_file != NULL)
         curl_easy_setopt(e, CURLOPT_SSLKEY, cf->key_file);
-    if (cf->connect_to != NULL) {
-        h->connect_to = curl_slist_append(NULL, cf->connect_to);
-        if (h->connect_to == NULL)
-            return -1;
+    if (h->connect_to != NULL)
         curl_easy_setopt(e, CURLOPT_CONNECT_TO, h->connect_to);
-    }
     return 0;
+}
+
+int consul_http_init(consul_http *h, consul_conf *cf)
+{
+    consul_http_global_init();
+    h->conf = consul_conf_retain(cf);
+    if (consul_buf_reserve(&h->body, 0) != 0 || consul_buf_reserve(&h->url, 0) != 0)
+        return -1;
+    if (cf->connect_to != NULL && (h->connect_to = curl_slist_append(NULL, cf->connect_to)) == NULL)
+        return -1;
+    return setup_easy(h);
 }
 
 void consul_http_release(consul_http *h)
@@ -348,6 +344,15 @@ static int prepare(consul_http *h, const consul_req *rq, consul_resp *rs)
     memset(rs, 0, sizeof *rs);
     rs->known_leader = -1;
     rs->last_contact = -1;
+    if (h->pid != getpid()) {
+        /* Forked since: the kept-alive connection is the parent's too. Start afresh (closing
+         * our copy of its socket leaves the parent's open). */
+        curl_easy_cleanup(h->easy);
+        h->easy = NULL;
+        if (setup_easy(h) != 0)
+            return fail(rs, CONSUL_ENOMEM, "out of memory%s%s", "", "");
+        e = h->easy;
+    }
     h->rq = rq;
     h->rs = rs;
     h->errbuf[0] = '\0';
@@ -388,7 +393,6 @@ static int prepare(consul_http *h, const consul_req *rq, consul_resp *rs)
     /* A blocking query may hold the answer for its wait, plus Consul's jitter of wait/16. */
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
                      rq->timeout_ms < 0 ? 0L : timeout + rq->wait_ms + rq->wait_ms / 16);
-    curl_easy_setopt(e, CURLOPT_NOPROGRESS, rq->cancel != NULL ? 0L : 1L);
     return 0;
 }
 
@@ -465,18 +469,6 @@ void consul_http_abort(consul_http *h, CURLM *m, consul_resp *rs)
     curl_multi_remove_handle(m, h->easy);
     finish(h, h->multi_rq, CURLE_ABORTED_BY_CALLBACK, rs);
     h->multi_rq = NULL;
-}
-
-int consul_http_perform_multi(consul_http *h, CURLM *m, const consul_req *rq, consul_resp *rs,
-                              const int *stop)
-{
-    if (consul_http_start(h, m, rq, rs) != CONSUL_OK)
-        return rs->code;
-    while (!__atomic_load_n(stop, __ATOMIC_ACQUIRE))
-        if (consul_http_step(h, m, 1000, rs) == 0)
-            return rs->code;
-    consul_http_abort(h, m, rs);
-    return rs->code;
 }
 
 /* Why an HTTP failure failed, in one line: Consul's JSON Errors (a txn's), else the body's

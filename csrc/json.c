@@ -348,7 +348,8 @@ static void enc_number(enc *e, int idx, const char *key)
         double v = (double)lua_tonumber(L, idx);
         if (isnan(v) || isinf(v))
             luaL_argerror(L, e->arg, "cannot encode NaN or infinity as JSON");
-        n = snprintf(num, sizeof num, duration ? "\"%.9gs\"" : "%.17g", v);
+        /* a Go duration never in exponent form ("1e+10s" is none) */
+        n = snprintf(num, sizeof num, duration ? "\"%.3fs\"" : "%.17g", v);
     }
     enc_raw(e, num, (size_t)n);
 }

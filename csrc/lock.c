@@ -20,8 +20,6 @@
 #include <string.h>
 #include <time.h>
 
-#define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
-#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
 /* One transaction: lock the key with our session, flags and value; 1 taken (fence set),
  * 0 refused, or a failure code (negative). */
@@ -86,7 +84,7 @@ static int acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
         char query[96] = "";
         long w = 0;
         cJSON *rec = NULL, *s, *f;
-        uint64_t flags;
+        uint64_t flags = 0;
 
         now = consul_now_ms();
         if (tries > 0 && now >= deadline)
@@ -205,23 +203,20 @@ int consul_lock_release_now(consul_lock *lk, attempt *base, consul_resp *rs, cha
     a.connects = base->connects;
     STORE(&lk->held, 0);
     if (lk->session[0] != '\0' && lk->kind == CONSUL_KIND_SEMAPHORE) {
-        if ((rc = consul_sem_release(lk, &a)) != CONSUL_OK)
-            *rs = a.rs;
-        consul_att_session_destroy(lk, &a);
+        rc = consul_sem_release(lk, &a);
     } else if (lk->session[0] != '\0') {
         snprintf(query, sizeof query, "release=%s&flags=%llu", lk->session,
                  (unsigned long long)lk->flags);
-        if (consul_att_send(&a, "PUT", lk->path, query, lk->value ? lk->value : "", lk->value_len, 0) !=
-            CONSUL_OK) {
+        if (consul_att_send(&a, "PUT", lk->path, query, lk->value ? lk->value : "",
+                            lk->value_len, 0) != CONSUL_OK)
             rc = consul_att_failed(&a);
-            *rs = a.rs;
-        }
-        consul_att_session_destroy(lk, &a);
-        if (rc == CONSUL_OK && a.rs.code != CONSUL_OK && lk->own_session) {
-            rc = consul_att_failed(&a);
-            *rs = a.rs;
-        }
     }
+    /* The session goes only once the key is released: else a retry needs it. */
+    if (rc == CONSUL_OK)
+        rc = consul_att_session_destroy(lk, &a);
+    if (rc != CONSUL_OK)
+        *rs = a.rs;
+    lk->release_pending = rc != CONSUL_OK && lk->session[0] != '\0';
     snprintf(msg, n, "%s", rc == CONSUL_OK ? "" : a.msg);
     consul_att_release(&a);
     return rc;
@@ -323,7 +318,7 @@ static int64_t lock_configure(lua_State *L, int idx, consul_lock *lk, int first)
         lua_Number w = lua_tonumber(L, -1);
         if (lua_type(L, -1) != LUA_TNUMBER || !(w >= 0))
             luaL_error(L, "bad option 'wait' (seconds >= 0 expected)");
-        wait_ms = (int64_t)(w * 1000 + 0.5);
+        wait_ms = w >= 1e12 ? -1 : (int64_t)(w * 1000 + 0.5);  /* math.huge: for ever */
     }
     lua_pop(L, 1);
     if (!first)
@@ -351,8 +346,8 @@ static int64_t lock_configure(lua_State *L, int idx, consul_lock *lk, int first)
     lua_getfield(L, idx, "name");
     s = lua_isnil(L, -1) ? "Lua lock" : lua_tostring(L, -1);
     if (s == NULL || lua_type(L, -1) == LUA_TNUMBER || strpbrk(s, "\"\\") != NULL ||
-        strspn(s, "\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10\x11\x12"
-                  "\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f") != 0)
+        strcspn(s, "\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10\x11\x12"
+                   "\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f\x7f") != strlen(s))
         luaL_error(L, "bad option 'name' (a string without quotes or backslashes expected)");
     consul_set_str(L, &lk->name, s, strlen(s));
     lua_pop(L, 1);
@@ -384,12 +379,16 @@ static int lock_run_acquire(lua_State *L, consul_lock *lk, int64_t wait_ms)
     }
     if (rc != CONSUL_OK) {
         consul_resp keep = a.rs;
-        if (lk->own_session)
-            consul_att_session_destroy(lk, &a);  /* a failed attempt leaks nothing */
+        char why[sizeof a.msg];
+        memcpy(why, a.msg, sizeof why);
+        if (lk->own_session && consul_att_session_destroy(lk, &a) != CONSUL_OK) {
+            lk->session[0] = '\0';  /* unreachable: its TTL ends it; never reuse it */
+            lk->own_session = 0;
+        }  /* a failed attempt leaks nothing */
         consul_att_release(&a);
         consul_lock_free_handles(lk);
         lua_pushnil(L);
-        lua_pushstring(L, a.msg[0] ? a.msg : "consul: lock failed");
+        lua_pushstring(L, why[0] ? why : "consul: lock failed");
         keep.code = rc;
         consul_push_meta(L, &keep);
         if (rc == CONSUL_ETIMEOUT || rc == CONSUL_ECONFLICT) {
@@ -449,6 +448,8 @@ static int new_lock(lua_State *L, int kind, int limit, int opts)
         return luaL_error(L, "not enough memory");
     }
     lk->path = path.data;  /* ownership moves to the lock */
+    if (path.len > CONSUL_MAX_LOCK_PATH)
+        return luaL_argerror(L, 2, "key too long (over 1000 bytes once escaped)");
     wait_ms = lock_configure(L, opts, lk, 1);
     lua_replace(L, 1);
     lua_settop(L, 1);
@@ -505,7 +506,8 @@ static int lock_release(lua_State *L)
     char msg[1024];
     int rc;
     consul_renew_stop(lk, 0);
-    if (lk->session[0] == '\0' || (!LOAD(&lk->held) && !lk->own_session)) {
+    if (lk->session[0] == '\0' ||
+        (!LOAD(&lk->held) && !lk->own_session && !lk->release_pending)) {
         STORE(&lk->held, 0);
         lua_pushboolean(L, 1);
         return 1;
@@ -549,7 +551,9 @@ static int lock_close(lua_State *L)
     lock_ud *u = luaL_checkudata(L, 1, CONSUL_LOCK_MT);
     if (u->lk != NULL) {
         lua_settop(L, 1);
-        lock_release(L);
+        lua_pushcfunction(L, lock_release);
+        lua_insert(L, 1);
+        lua_pcall(L, 1, 0, 0);  /* a failure to release stays unsaid here: see release() */
     }
     return 0;
 }

@@ -25,8 +25,6 @@
 #define MAX_WAIT_MS 300000
 #define NEVER INT64_MAX
 
-#define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
-#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
 enum { CTL_IDLE, CTL_RENEW, CTL_RELEASE, CTL_DESTROY };
 
@@ -149,13 +147,19 @@ static void release_next(consul_lock *lk, int after)
     }
     if (after == CTL_IDLE && lk->session[0] != '\0' && lk->kind == CONSUL_KIND_SEMAPHORE &&
         consul_lock_handle(lk, &lk->http) == 0) {
-        /* A semaphore's release is several dependent requests (read, CAS, delete): made
-         * here in one go, a millisecond or so of the renewer's time. */
+        /* A semaphore's release is several dependent requests (read, CAS, delete, each up to
+         * the timeout): made here in one go, without the mutex, so that Lua's calls and the
+         * other locks do not wait for them. The lock is busy meanwhile, and the caller scans
+         * the list afresh after (it may have changed). */
         attempt a;
         memset(&a, 0, sizeof a);
         a.h = &lk->http;
+        lk->ctl_step = CTL_RELEASE;
+        pthread_mutex_unlock(&mu);
         consul_sem_release(lk, &a);
         consul_att_release(&a);
+        pthread_mutex_lock(&mu);
+        lk->ctl_step = CTL_IDLE;
     }
     if (after != CTL_DESTROY && lk->own_session && lk->session[0] != '\0') {
         snprintf(lk->ctl_path, sizeof lk->ctl_path, "/v1/session/destroy/%s", lk->session);
@@ -290,9 +294,15 @@ static void *renewer(void *arg)
         CURLMsg *msg;
         int running, left;
 
+    scan:
         for (lk = head; lk != NULL; lk = nx) {
             int64_t t;
             nx = lk->next;
+            if (lk->detach && lk->release_on_detach && lk->kind == CONSUL_KIND_SEMAPHORE &&
+                lk->ctl_step == CTL_IDLE && !lk->watch_busy) {
+                release_next(lk, CTL_IDLE);  /* drops the mutex for a while */
+                goto scan;
+            }
             if (lk->detach && lk->release_on_detach) {
                 if (lk->watch_busy) {
                     consul_resp rs;
@@ -304,8 +314,11 @@ static void *renewer(void *arg)
                     consul_http_abort(&lk->http, multi, &rs);
                     lk->ctl_step = CTL_IDLE;
                 }
-                if (lk->ctl_step == CTL_IDLE)
+                if (lk->ctl_step == CTL_IDLE) {
+                    if (lk->kind == CONSUL_KIND_SEMAPHORE)
+                        goto scan;  /* now idle: the branch above releases it */
                     release_next(lk, CTL_IDLE);  /* may unlink and free lk */
+                }
                 continue;
             }
             if (lk->detach) {
@@ -451,11 +464,38 @@ static void renew_atexit(void)
     pthread_mutex_unlock(&mu);
 }
 
+/* fork() copies this process's memory but not its renewer: the child starts afresh. Locks
+ * taken before the fork are the parent's: the child sees them lost and never renews nor
+ * releases them (their session is the parent's to end). */
+static void atfork_child(void)
+{
+    consul_lock *lk, *nx;
+    pthread_mutex_init(&mu, NULL);
+    pthread_cond_init(&cv, NULL);
+    for (lk = head; lk != NULL; lk = nx) {
+        nx = lk->next;
+        lk->next = lk->prev = NULL;
+        lk->registered = 0;
+        lk->ctl_step = CTL_IDLE;
+        lk->watch_busy = 0;
+        lk->session[0] = '\0';
+        lk->own_session = 0;
+        STORE(&lk->lost, 1);
+        STORE(&lk->held, 0);
+        /* the renewer's reference is not given back: the parent's renewer holds it */
+    }
+    head = NULL;
+    multi = NULL;  /* the parent's, with the parent's connections */
+    started = 0;
+    wake_at = NEVER;
+}
+
 static pthread_once_t atexit_once = PTHREAD_ONCE_INIT;
 
 static void register_atexit(void)
 {
     atexit(renew_atexit);
+    pthread_atfork(NULL, NULL, atfork_child);
 }
 
 void consul_renew_atexit_once(void)

@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define MAX_HOLDERS 1024
 
 /* The decoded prefix/.lock */
@@ -56,12 +55,15 @@ static int decode_lock(consul_lock *lk, const consul_json *d, cJSON *rec, semloc
     if (consul_json_parse(&s->value, text, (size_t)got) != 0)
         return -2;
     root = s->value.root;
-    if (!cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(root, "Limit")))
+    v = cJSON_GetObjectItemCaseSensitive(root, "Limit");
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 1 && v->valuedouble <= 1000000))
         return -2;
-    s->limit = (long)cJSON_GetObjectItemCaseSensitive(root, "Limit")->valuedouble;
+    s->limit = (long)v->valuedouble;
     cJSON_ArrayForEach(h, cJSON_GetObjectItemCaseSensitive(root, "Holders")) {
-        if (s->n < MAX_HOLDERS && h->string != NULL && strlen(h->string) < 64)
-            strcpy(s->holders[s->n++], h->string);
+        /* a holder we cannot keep would be dropped by our next check-and-set: refuse */
+        if (s->n >= MAX_HOLDERS || h->string == NULL || strlen(h->string) >= 64)
+            return -2;
+        strcpy(s->holders[s->n++], h->string);
     }
     return 0;
 }
@@ -148,8 +150,11 @@ int consul_sem_acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
         goto done;
     next_renew = LOAD(&lk->lease_ms) + LOAD(&lk->ttl_ms) / 2;
 
-    /* Our contender key, held by our session. */
-    kv_path(lk, path, sizeof path, lk->session);
+    /* Our contender key, held by our session. (new_lock bounds the path: this fits.) */
+    if (kv_path(lk, path, sizeof path, lk->session) != 0) {
+        rc = CONSUL_ENOMEM;
+        goto done;
+    }
     snprintf(query, sizeof query, "acquire=%s&flags=%llu", lk->session,
              (unsigned long long)lk->flags);
     if (consul_att_send(a, "PUT", path, query, lk->value ? lk->value : "", lk->value_len, 0) !=
@@ -250,9 +255,9 @@ int consul_sem_acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
     }
 
 done:
-    if (rc != CONSUL_OK && lk->session[0] != '\0') {
+    if (rc != CONSUL_OK && lk->session[0] != '\0' &&
+        kv_path(lk, path, sizeof path, lk->session) == 0) {
         /* A failed attempt leaves no contender behind. */
-        kv_path(lk, path, sizeof path, lk->session);
         consul_resp keep = a->rs;
         char msg[sizeof a->msg];
         memcpy(msg, a->msg, sizeof msg);
@@ -294,7 +299,10 @@ int consul_sem_release(consul_lock *lk, attempt *a)
     int tries, rc = CONSUL_OK;
     if (s == NULL)
         return CONSUL_ENOMEM;
-    kv_path(lk, path, sizeof path, ".lock");
+    if (kv_path(lk, path, sizeof path, ".lock") != 0) {
+        free(s);
+        return CONSUL_ENOMEM;
+    }
     for (tries = 0; tries < 16; tries++) {
         cJSON *rec;
         int i;
@@ -319,9 +327,8 @@ int consul_sem_release(consul_lock *lk, attempt *a)
             break;
         }
     }
-    kv_path(lk, path, sizeof path, lk->session);
-    if (lk->session[0] != '\0' && consul_att_send(a, "DELETE", path, NULL, NULL, 0, 0) != CONSUL_OK &&
-        rc == CONSUL_OK)
+    if (lk->session[0] != '\0' && kv_path(lk, path, sizeof path, lk->session) == 0 &&
+        consul_att_send(a, "DELETE", path, NULL, NULL, 0, 0) != CONSUL_OK && rc == CONSUL_OK)
         rc = consul_att_failed(a);
     consul_json_release(&s->value);
     free(s);

@@ -10,7 +10,6 @@
 #include <string.h>
 #include <time.h>
 
-#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
 
 int consul_att_send(attempt *a, const char *method, const char *path, const char *query,
@@ -99,15 +98,21 @@ int consul_att_session_create(consul_lock *lk, attempt *a)
     return CONSUL_OK;
 }
 
-void consul_att_session_destroy(consul_lock *lk, attempt *a)
+int consul_att_session_destroy(consul_lock *lk, attempt *a)
 {
     char path[128];
-    if (lk->own_session && lk->session[0]) {
-        snprintf(path, sizeof path, "/v1/session/destroy/%s", lk->session);
-        consul_att_send(a, "PUT", path, NULL, NULL, 0, 0);
-        lk->session[0] = '\0';
-        lk->own_session = 0;
-    }  /* a session the caller gave stays: the lock may take it again */
+    if (!lk->own_session || lk->session[0] == '\0')
+        return CONSUL_OK;  /* a session the caller gave stays: the lock may take it again */
+    snprintf(path, sizeof path, "/v1/session/destroy/%s", lk->session);
+    if (consul_att_send(a, "PUT", path, NULL, NULL, 0, 0) != CONSUL_OK && a->rs.status != 404) {
+        int rc = consul_att_failed(a);  /* now, while path lives; the session stays to retry */
+        a->path = NULL;
+        return rc;
+    }
+    a->path = NULL;
+    lk->session[0] = '\0';
+    lk->own_session = 0;
+    return CONSUL_OK;
 }
 
 /* Renews the session while waiting; CONSUL_OK, or a failure (the session is gone). */

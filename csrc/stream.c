@@ -77,10 +77,11 @@ static int pop_line(lua_State *L, stream *s, int partial)
 static int stream_read(lua_State *L)
 {
     stream *s = checkstream(L);
-    double timeout = luaL_optnumber(L, 2, -1);
-    int64_t until = timeout >= 0 ? consul_now_ms() + (int64_t)(timeout * 1000) : INT64_MAX;
-    if (lua_type(L, 2) != LUA_TNUMBER)
-        until = INT64_MAX;  /* the generic for passes the stream itself as 2nd argument */
+    /* read(timeout); called by a generic for, the 2nd argument is the for's control value
+     * (nil, then the last line): no timeout then */
+    double timeout = lua_type(L, 2) == LUA_TNUMBER ? lua_tonumber(L, 2) : -1;
+    int64_t until = timeout >= 0 && timeout < 1e9 ? consul_now_ms() + (int64_t)(timeout * 1000)
+                                                  : INT64_MAX;
     for (;;) {
         int64_t left;
         if (pop_line(L, s, 0))
@@ -187,11 +188,20 @@ static int file_sink(void *ud, const char *p, size_t n)
 }
 
 /* A Lua file handle's FILE* (Lua 5.4's luaL_Stream and LuaJIT's file userdata both begin
- * with it), or NULL. */
+ * with it), or NULL; raises for a closed one (its FILE* is freed). */
 static FILE *tofile(lua_State *L, int idx)
 {
-    void *ud = consul_testudata(L, idx, "FILE*");
-    return ud != NULL ? *(FILE **)ud : NULL;
+#if LUA_VERSION_NUM >= 502
+    luaL_Stream *p = consul_testudata(L, idx, LUA_FILEHANDLE);
+    if (p != NULL && p->closef == NULL)
+        luaL_argerror(L, idx, "attempt to use a closed file");
+    return p != NULL ? p->f : NULL;
+#else
+    FILE **pf = consul_testudata(L, idx, "FILE*");
+    if (pf != NULL && *pf == NULL)
+        luaL_argerror(L, idx, "attempt to use a closed file");
+    return pf != NULL ? *pf : NULL;
+#endif
 }
 
 /* c.snapshot:save([file][, opts]) --> bytes | true (written to file: a path or a handle) */

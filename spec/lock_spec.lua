@@ -720,6 +720,30 @@ describe("consul locks", function()
         assert.is_table(meta)
         assert.are.equal("connect", meta.code)
         assert.is_false(lock:held())
+        -- not released: a second release() tries again (and fails again), never a false true
+        local ok2, err2, meta2 = lock:release()
+        assert.is_nil(ok2)
+        assert.matches("^consul: ", err2)
+        assert.are.equal("connect", meta2.code)
+      end)
+  end)
+
+  ---------------------------------------------------------------------------
+  describe("options checked before anything is sent", function()
+    it("a name with control characters, acquire() options other than wait, a key too long",
+      function()
+        local key = P .. "checked/.lock"
+        assert.has_error(function() c:lock(key, { name = "job\n1" }) end,
+          "bad option 'name' (a string without quotes or backslashes expected)")
+        assert.has_error(function() c:lock(key, { name = "ok\1" }) end)
+        local lock = assert(c:lock(key, { wait = math.huge }))  -- math.huge: wait for ever
+        defer(function() lock:release() end)
+        assert.is_true(lock:release())
+        assert.has_error(function() lock:acquire({ ttl = 20 }) end, "bad option 'ttl' (unknown option)")
+        assert(lock:acquire({ wait = 1 }))
+        assert.is_true(lock:release())
+        local long = P .. "checked/" .. ("\226\130\172"):rep(120)  -- 360 bytes, 1080 escaped
+        assert.has_error(function() c:lock(long) end)
       end)
   end)
 

@@ -895,6 +895,21 @@ describe("consul semaphores", function()
 
   ---------------------------------------------------------------------------
   describe("bad arguments", function()
+    it("a prefix too long to name its keys raises, and no neighbouring key is touched", function()
+      -- a prefix whose escaped path nearly fills the module's buffers: a contender path cut
+      -- short would name another key (here: "victim", its first bytes)
+      local base = P .. "long/" .. ("\226\130\172"):rep(400)
+      local victim = base:sub(1, #P + 5 + 390)
+      assert(c.kv:put(victim, "precious", { flags = 7 }))
+      local ok, err = pcall(function() return c:semaphore(base .. "/x", 1, { wait = 0 }) end)
+      assert.is_false(ok)
+      assert.matches("key too long", tostring(err))
+      local v, _, m = c.kv:get(victim)
+      assert.are.equal("precious", v)
+      assert.are.equal(7, m.flags)
+      assert(c.kv:delete(victim))
+    end)
+
     it("raise: limit 0 or out of range, limit not a number, prefix not a string, options",
       function()
         local prefix = P .. "bad"

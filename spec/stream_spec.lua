@@ -180,6 +180,10 @@ describe("consul streams", function()
     end)
 
     it("bad arguments raise", function()
+      local closed = assert(io.open(agent.tmpdir() .. "/closed.snap", "wb"))
+      closed:close()
+      assert.has_error(function() s.snapshot:save(closed) end)  -- its FILE* is gone
+      assert.has_error(function() s.snapshot:restore(closed) end)
       assert.has_error(function() s.snapshot:save(42) end)
       assert.has_error(function() s.snapshot:save("/nonexistent-dir/x/y.snap") end)
       assert.has_error(function() s.snapshot:restore(42) end)
