@@ -17,12 +17,7 @@ local agent = require("spec.helpers.agent")
 local jwt = require("spec.helpers.acl_jwt")
 local json = require("dkjson")
 
-local function find(list, field, value)
-  for _, v in ipairs(list or {}) do
-    if v[field] == value then return v end
-  end
-  return nil
-end
+local find = require("spec.helpers.util").find
 
 local function sleep(s)
   agent.sh("sleep " .. tostring(s))

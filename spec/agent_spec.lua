@@ -16,36 +16,15 @@ local TIMEOUT = VALGRIND and 60 or 15  -- seconds for anything eventually consis
 local sys = require("system")
 
 -- calls fn until it returns a truthy value (returned), or fails after TIMEOUT seconds
-local function eventually(what, fn)
-  local deadline = sys.gettime() + TIMEOUT
-  while true do
-    local v = fn()
-    if v then return v end
-    if sys.gettime() > deadline then
-      error("timed out waiting for " .. what, 2)
-    end
-    sys.sleep(0.05)
-  end
-end
+local eventually = require("spec.helpers.util").eventually_within(TIMEOUT)
 
-local function find(list, field, value)
-  for _, x in ipairs(list or {}) do
-    if x[field] == value then return x end
-  end
-end
+local find = require("spec.helpers.util").find
 
 describe("consul agent", function()
   after_each(function() require("spec.helpers.util").run_deferred() end)
   local A, c
 
-  -- raw GET, decoded (nil for a 404)
-  local function raw_get(path)
-    local status, body = agent.http(A, "GET", path)
-    assert(status, body)
-    if status == 404 then return nil, status end
-    assert(status == 200, path .. ": " .. tostring(status) .. " " .. tostring(body))
-    return json.decode(body), status
-  end
+  local function raw_get(path) return agent.get_json(A, path) end
 
   local function raw_put(path, body)
     local status, out = agent.http(A, "PUT", path, body)

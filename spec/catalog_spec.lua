@@ -14,11 +14,7 @@ local WEB = "spec-catalog-web"
 local NATIVE = "spec-catalog-native"
 local GW = "spec-catalog-tgw"
 
-local function find(list, field, value)
-  for _, x in ipairs(list or {}) do
-    if x[field] == value then return x end
-  end
-end
+local find = require("spec.helpers.util").find
 
 local function count(t)
   local n = 0
@@ -29,13 +25,7 @@ end
 describe("consul catalog", function()
   local A, c
 
-  local function raw_get(path)
-    local status, body = agent.http(A, "GET", path)
-    assert(status, body)
-    if status == 404 then return nil end
-    assert(status == 200, path .. ": " .. tostring(status) .. " " .. tostring(body))
-    return json.decode(body)
-  end
+  local function raw_get(path) return agent.get_json(A, path) end
 
   -- catalog register replaces the node's fields: every registration gives them all
   local function register(def)

@@ -10,22 +10,12 @@ local json = require("dkjson")
 local API = "spec-config-api"
 local WEB = "spec-config-web"
 
-local function find(list, field, value)
-  for _, x in ipairs(list or {}) do
-    if x[field] == value then return x end
-  end
-end
+local find = require("spec.helpers.util").find
 
 describe("consul config", function()
   local A, c
 
-  local function raw_get(path)
-    local status, body = agent.http(A, "GET", path)
-    assert(status, body)
-    if status == 404 then return nil end
-    assert(status == 200, path .. ": " .. tostring(status) .. " " .. tostring(body))
-    return json.decode(body)
-  end
+  local function raw_get(path) return agent.get_json(A, path) end
 
   local function cleanup()
     agent.http(A, "DELETE", "/v1/config/service-defaults/" .. API)

@@ -9,22 +9,12 @@ local json = require("dkjson")
 
 local WEB, API, DB = "spec-connect-web", "spec-connect-api", "spec-connect-db"
 
-local function find(list, field, value)
-  for _, x in ipairs(list or {}) do
-    if x[field] == value then return x end
-  end
-end
+local find = require("spec.helpers.util").find
 
 describe("consul connect", function()
   local A, c, id1, id2
 
-  local function raw_get(path)
-    local status, body = agent.http(A, "GET", path)
-    assert(status, body)
-    if status == 404 then return nil end
-    assert(status == 200, path .. ": " .. tostring(status) .. " " .. tostring(body))
-    return json.decode(body)
-  end
+  local function raw_get(path) return agent.get_json(A, path) end
 
   local function cleanup()
     for _, i in ipairs(raw_get("/v1/connect/intentions") or {}) do

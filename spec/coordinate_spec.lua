@@ -15,21 +15,9 @@ local TIMEOUT = SLOW and 60 or 20
 
 local NODE = "spec-coordinate-node"
 
-local function eventually(what, fn)
-  local deadline = sys.gettime() + TIMEOUT
-  while true do
-    local v = fn()
-    if v then return v end
-    if sys.gettime() > deadline then error("timed out waiting for " .. what, 2) end
-    sys.sleep(0.05)
-  end
-end
+local eventually = require("spec.helpers.util").eventually_within(TIMEOUT)
 
-local function find(list, field, value)
-  for _, x in ipairs(list or {}) do
-    if x[field] == value then return x end
-  end
-end
+local find = require("spec.helpers.util").find
 
 describe("consul coordinate", function()
   local A, c

@@ -16,15 +16,7 @@ local IS_JIT = type(jit) == "table"
 local SLOW = os.getenv("CONSUL_TEST_VALGRIND") == "1" or os.getenv("CONSUL_TEST_ASAN") == "1"
 local TIMEOUT = SLOW and 60 or 15
 
-local function eventually(what, fn)
-  local deadline = sys.gettime() + TIMEOUT
-  while true do
-    local v = fn()
-    if v then return v end
-    if sys.gettime() > deadline then error("timed out waiting for " .. what, 2) end
-    sys.sleep(0.05)
-  end
-end
+local eventually = require("spec.helpers.util").eventually_within(TIMEOUT)
 
 local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 local function base64(s)
@@ -43,11 +35,7 @@ local function base64(s)
   return table.concat(out)
 end
 
-local function find(list, field, value)
-  for _, x in ipairs(list or {}) do
-    if x[field] == value then return x end
-  end
-end
+local find = require("spec.helpers.util").find
 
 describe("consul event", function()
   local A, c

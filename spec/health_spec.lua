@@ -14,11 +14,7 @@ local WEB = "spec-health-web"
 local NATIVE = "spec-health-native"
 local IGW = "spec-health-igw"
 
-local function find(list, field, value)
-  for _, x in ipairs(list or {}) do
-    if x[field] == value then return x end
-  end
-end
+local find = require("spec.helpers.util").find
 
 -- the instances' service IDs, sorted
 local function ids(list)

@@ -28,6 +28,10 @@ local util = require("spec.helpers.util")
 local IS_JIT, VALGRIND, ASAN, SLOW = util.IS_JIT, util.VALGRIND, util.ASAN, util.SLOW
 local LUA, now, sleep, slack = util.LUA, util.now, util.sleep, util.slack
 local read_file, wait_until, path_of = util.read_file, util.wait_until, util.path_of
+local children = require("spec.helpers.children")
+local sessions = require("spec.helpers.sessions")
+local exit_code, wait_exit, log_of = children.exit_code, children.wait_exit, children.log_of
+local kill, out_of = children.kill, children.out_of
 local note = util.noter("lock_spec")
 local P = "spec/lock/"
 local FLAGS_DIGITS = "3304740253564472344"  -- 0x2ddccbc058a50c18, as Consul's JSON has it
@@ -38,8 +42,6 @@ describe("consul locks", function()
   after_each(function() require("spec.helpers.util").run_deferred() end)
   local A, c, c2
   local TMP
-  local children = {}
-  local seq = 0
 
   local function raw(method, path, body)
     local status, out = agent.http(A, method, path, body)
@@ -56,12 +58,7 @@ describe("consul locks", function()
     return t[1], body
   end
 
-  local function raw_session(id)
-    local status, body = raw("GET", "/v1/session/info/" .. id)
-    assert.are.equal(200, status)
-    local t = json.decode(body)
-    return type(t) == "table" and t[1] or nil
-  end
+  local function raw_session(id) return sessions.raw(A, id) end
 
   -- the key's holder ("" when free), or nil when the key is absent
   local function holder(key)
@@ -70,77 +67,16 @@ describe("consul locks", function()
     return rec.Session or ""
   end
 
-  local function sessions_named(name)
-    local list = assert(c.session:list())
-    local n = 0
-    for _, s in ipairs(list) do
-      if s.Name == name then n = n + 1 end
-    end
-    return n
-  end
+  local function sessions_named(name) return sessions.named(c, name) end
 
-  -- The IDs of all sessions. (Their count alone is no measure: sessions of earlier tests,
-  -- such as the killed crash holder's, may end meanwhile.)
-  local function session_ids()
-    local ids = {}
-    for _, s in ipairs(assert(c.session:list())) do ids[s.ID] = s.Name or "" end
-    return ids
-  end
+  local function session_ids() return sessions.ids(c) end
 
-  local function assert_no_new_session(before)
-    local new = {}
-    for id, name in pairs(session_ids()) do
-      if not before[id] then new[#new + 1] = id .. " (" .. name .. ")" end
-    end
-    assert.are.equal(0, #new, "sessions left behind: " .. table.concat(new, ", "))
-  end
+  local function assert_no_new_session(before) return sessions.assert_no_new(c, before) end
 
-  -- Runs `cmd` (a shell command line) in the background; returns a child table with pid,
-  -- and files base.log (its output), base.rc (its exit status, once it ended).
-  local function spawn(name, cmd)
-    seq = seq + 1
-    local base = TMP .. "/" .. seq .. "-" .. name
-    local inner = cmd .. " >" .. agent.quote(base .. ".log") .. " 2>&1 </dev/null & echo $! >" ..
-      agent.quote(base .. ".pid") .. "; wait $!; echo $? >" .. agent.quote(base .. ".rc")
-    os.execute("sh -c " .. agent.quote(inner) .. " </dev/null >/dev/null 2>&1 &")
-    local child = { name = name, base = base }
-    child.pid = wait_until(10, function()
-      return tonumber((read_file(base .. ".pid") or ""):match("^(%d+)%s"))
-    end)
-    assert(child.pid, "no pid file for child " .. name)
-    children[#children + 1] = child
-    return child
-  end
-
-  local function worker(name, mode, ...)
-    local args = { LUA, WORKER, A, mode }
-    for i = 1, select("#", ...) do args[#args + 1] = tostring((select(i, ...))) end
-    for i, a in ipairs(args) do args[i] = agent.quote(a) end
-    return spawn(name, table.concat(args, " "))
-  end
-
-  local function exit_code(child)
-    return tonumber((read_file(child.base .. ".rc") or ""):match("^(%d+)%s"))
-  end
-
-  local function wait_exit(child, timeout)
-    return wait_until(timeout, function() return exit_code(child) end, 0.02)
-  end
-
-  local function log_of(child)
-    return read_file(child.base .. ".log") or ""
-  end
-
-  local function kill(child, sig)
-    if not exit_code(child) then
-      os.execute("kill -" .. (sig or "KILL") .. " " .. child.pid .. " 2>/dev/null")
-    end
-  end
-
-  -- a worker's OUT file ("SESSION FENCE", "acquired ...", "done N", "error ...")
-  local function out_of(path, timeout)
-    return wait_until(timeout, function() return read_file(path) end, 0.02)
-  end
+  -- child processes (spec/helpers/children.lua), made in setup
+  local spawner
+  local function spawn(name, cmd) return spawner:spawn(name, cmd) end
+  local function worker(name, mode, ...) return spawner:worker(name, mode, ...) end
 
   local function wipe()
     raw("DELETE", "/v1/kv/" .. P .. "?recurse")
@@ -154,13 +90,12 @@ describe("consul locks", function()
     c = consul.new({ addr = A })
     c2 = consul.new({ addr = A })
     TMP = agent.tmpdir()
+    spawner = children.new(TMP, WORKER, A)
     wipe()
   end)
 
   teardown(function()
-    for _, child in ipairs(children) do
-      kill(child, "KILL")
-    end
+    if spawner then spawner:kill_all() end
     wipe()
     if c then c:close() end
     if c2 then c2:close() end
@@ -561,7 +496,7 @@ describe("consul locks", function()
           return (read_file(file) or ""):find("url=" .. path, 1, true)
         end, 0.1)
       end
-      local id = seq
+      local id = mon.seq
       local ok, res = pcall(function()
         assert(marker("begin" .. id), "the agent's monitor stream did not start")
         local r = fn()

@@ -19,12 +19,7 @@ local function sleep(s)
   agent.sh("sleep " .. tostring(s))
 end
 
-local function find(list, field, value)
-  for _, v in ipairs(list or {}) do
-    if v[field] == value then return v end
-  end
-  return nil
-end
+local find = require("spec.helpers.util").find
 
 local function raw_json(a, method, path, body)
   if type(body) == "table" then body = json.encode(body) end

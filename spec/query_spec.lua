@@ -22,13 +22,7 @@ end
 describe("consul query", function()
   local A, c, qid
 
-  local function raw_get(path)
-    local status, body = agent.http(A, "GET", path)
-    assert(status, body)
-    if status == 404 then return nil end
-    assert(status == 200, path .. ": " .. tostring(status) .. " " .. tostring(body))
-    return json.decode(body)
-  end
+  local function raw_get(path) return agent.get_json(A, path) end
 
   local function cleanup()
     for _, q in ipairs(raw_get("/v1/query") or {}) do

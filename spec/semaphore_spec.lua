@@ -30,6 +30,10 @@ local util = require("spec.helpers.util")
 local IS_JIT, VALGRIND, ASAN, SLOW = util.IS_JIT, util.VALGRIND, util.ASAN, util.SLOW
 local LUA, now, sleep, slack = util.LUA, util.now, util.sleep, util.slack
 local read_file, wait_until, path_of = util.read_file, util.wait_until, util.path_of
+local children = require("spec.helpers.children")
+local sessions = require("spec.helpers.sessions")
+local exit_code, wait_exit, log_of = children.exit_code, children.wait_exit, children.log_of
+local kill, out_of = children.kill, children.out_of
 local note = util.noter("semaphore_spec")
 local P = "spec/semaphore/"
 local FLAGS_DIGITS = "16210313421097356768"  -- 0xe0f69a2baa414de0, as Consul's JSON has it
@@ -54,8 +58,6 @@ end
 describe("consul semaphores", function()
   local A, c, c2, c3
   local TMP
-  local children = {}
-  local seq = 0
 
   local function raw(method, path, body)
     local status, out = agent.http(A, method, path, body)
@@ -103,26 +105,11 @@ describe("consul semaphores", function()
     return sorted(assert(json.decode(body)))
   end
 
-  local function raw_session(id)
-    local status, body = raw("GET", "/v1/session/info/" .. id)
-    assert.are.equal(200, status)
-    local t = json.decode(body)
-    return type(t) == "table" and t[1] or nil
-  end
+  local function raw_session(id) return sessions.raw(A, id) end
 
-  local function sessions_named(name)
-    local n = 0
-    for _, s in ipairs(assert(c.session:list())) do
-      if s.Name == name then n = n + 1 end
-    end
-    return n
-  end
+  local function sessions_named(name) return sessions.named(c, name) end
 
-  local function session_ids()
-    local ids = {}
-    for _, s in ipairs(assert(c.session:list())) do ids[s.ID] = s.Name or "" end
-    return ids
-  end
+  local function session_ids() return sessions.ids(c) end
 
   -- The number of sessions, leaving out those that may end on their own meanwhile: the crash
   -- scenario's (it runs across the whole file) and those of `consul lock` (Go leaves a
@@ -136,13 +123,7 @@ describe("consul semaphores", function()
     return n
   end
 
-  local function assert_no_new_session(before)
-    local new = {}
-    for id, name in pairs(session_ids()) do
-      if not before[id] then new[#new + 1] = id .. " (" .. name .. ")" end
-    end
-    assert.are.equal(0, #new, "sessions left behind: " .. table.concat(new, ", "))
-  end
+  local function assert_no_new_session(before) return sessions.assert_no_new(c, before) end
 
   -- Checks the Go layout for exactly these holders: .lock has Limit = limit and Holders =
   -- the sessions; each holder's contender key prefix/<session> is held by its session; all
@@ -161,52 +142,10 @@ describe("consul semaphores", function()
     end
   end
 
-  -- Runs `cmd` (a shell command line) in the background; returns a child table with pid,
-  -- and files base.log (its output), base.rc (its exit status, once it ended).
-  local function spawn(name, cmd)
-    seq = seq + 1
-    local base = TMP .. "/" .. seq .. "-" .. name
-    local inner = cmd .. " >" .. agent.quote(base .. ".log") .. " 2>&1 </dev/null & echo $! >" ..
-      agent.quote(base .. ".pid") .. "; wait $!; echo $? >" .. agent.quote(base .. ".rc")
-    os.execute("sh -c " .. agent.quote(inner) .. " </dev/null >/dev/null 2>&1 &")
-    local child = { name = name, base = base }
-    child.pid = wait_until(10, function()
-      return tonumber((read_file(base .. ".pid") or ""):match("^(%d+)%s"))
-    end)
-    assert(child.pid, "no pid file for child " .. name)
-    children[#children + 1] = child
-    return child
-  end
-
-  local function worker(name, mode, ...)
-    local args = { LUA, WORKER, A, mode }
-    for i = 1, select("#", ...) do args[#args + 1] = tostring((select(i, ...))) end
-    for i, a in ipairs(args) do args[i] = agent.quote(a) end
-    return spawn(name, table.concat(args, " "))
-  end
-
-  local function exit_code(child)
-    return tonumber((read_file(child.base .. ".rc") or ""):match("^(%d+)%s"))
-  end
-
-  local function wait_exit(child, timeout)
-    return wait_until(timeout, function() return exit_code(child) end, 0.02)
-  end
-
-  local function log_of(child)
-    return read_file(child.base .. ".log") or ""
-  end
-
-  local function kill(child, sig)
-    if not exit_code(child) then
-      os.execute("kill -" .. (sig or "KILL") .. " " .. child.pid .. " 2>/dev/null")
-    end
-  end
-
-  -- a worker's OUT file, once written
-  local function out_of(path, timeout)
-    return wait_until(timeout, function() return read_file(path) end, 0.02)
-  end
+  -- child processes (spec/helpers/children.lua), made in setup
+  local spawner
+  local function spawn(name, cmd) return spawner:spawn(name, cmd) end
+  local function worker(name, mode, ...) return spawner:worker(name, mode, ...) end
 
   local function wipe()
     raw("DELETE", "/v1/kv/" .. P .. "?recurse")
@@ -236,13 +175,12 @@ describe("consul semaphores", function()
     c2 = consul.new({ addr = A })
     c3 = consul.new({ addr = A })
     TMP = agent.tmpdir()
+    spawner = children.new(TMP, WORKER, A)
     wipe()
   end)
 
   teardown(function()
-    for _, child in ipairs(children) do
-      kill(child, "KILL")
-    end
+    if spawner then spawner:kill_all() end
     if crash.mine then crash.mine:release() end
     wipe()
     if c then c:close() end

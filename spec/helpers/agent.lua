@@ -242,6 +242,16 @@ function M.http(a, method, path, body, token, opts)
   return tonumber(status), resp
 end
 
+-- GET path, decoded from JSON (dkjson, independent of the module); nil for a 404. Fails on
+-- any other status.
+function M.get_json(a, path)
+  local status, body = M.http(a, "GET", path)
+  assert(status, body)
+  if status == 404 then return nil end
+  assert(status == 200, path .. ": " .. tostring(status) .. " " .. tostring(body))
+  return require("dkjson").decode(body)
+end
+
 ----------------------------------------------------------------------------
 -- agents
 

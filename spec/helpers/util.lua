@@ -57,6 +57,27 @@ function M.wait_until(timeout, fn, step)
   return fn()
 end
 
+-- The element of list whose field equals value, or nil.
+function M.find(list, field, value)
+  for _, x in ipairs(list or {}) do
+    if x[field] == value then return x end
+  end
+end
+
+-- An eventually(what, fn) for a spec: polls fn every 50 ms until it returns a truthy value
+-- (returned), and raises "timed out waiting for <what>" at its caller after `timeout` s.
+function M.eventually_within(timeout)
+  return function(what, fn)
+    local deadline = M.now() + timeout
+    while true do
+      local v = fn()
+      if v then return v end
+      if M.now() > deadline then error("timed out waiting for " .. what, 2) end
+      M.sleep(0.05)
+    end
+  end
+end
+
 -- Percent-encodes a key for agent.http, keeping "/".
 function M.path_of(key)
   return (key:gsub("[^%w%-%._~/]", function(ch)
