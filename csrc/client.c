@@ -652,7 +652,7 @@ void consul_opts(lua_State *L, int idx, consul_client *c, consul_call *call, int
     }
     /* A blocking query without a wait waits Consul's default 5 minutes: so may we. */
     if (saw_index && call->wait_ms == 0)
-        call->wait_ms = 300000;
+        call->wait_ms = CONSUL_MAX_WAIT_MS;
     if (!saw_dc && c->conf->dc != NULL)
         consul_query_add(L, c, "dc", c->conf->dc, strlen(c->conf->dc));
     if (!saw_consistency && c->conf->consistency != 0 && strcmp(call->method, "GET") == 0)

@@ -34,6 +34,7 @@
 #define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
 #define CONSUL_VERSION "0.1.0"
+#define CONSUL_MAX_WAIT_MS 300000  /* Consul's default (and our longest) blocking wait: 5 min */
 #define CONSUL_CLIENT_MT "consul.Client"
 #define CONSUL_GROUP_MT_PREFIX "consul.group."
 
@@ -204,8 +205,6 @@ void consul_push_u64(lua_State *L, uint64_t v);
 int consul_to_u64(lua_State *L, int idx, uint64_t *out);  /* 0 ok, -1 not one; takes a
                                                          * decimal string too */
 void consul_push_index(lua_State *L, uint64_t v);  /* a string on 5.1 above 2^53 */
-int consul_json_null(lua_State *L);           /* pushes consul.null */
-int consul_json_empty_array(lua_State *L);    /* pushes consul.empty_array */
 void consul_json_open(lua_State *L);          /* creates the two sentinels in the registry */
 
 /* ---- client.c ---------------------------------------------------------- */

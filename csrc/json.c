@@ -471,13 +471,13 @@ void consul_json_encode(lua_State *L, int idx, int arg, consul_buf *b, int flags
     enc_value(&e, consul_absindex(L, idx), NULL, 0);
 }
 
-int consul_json_null(lua_State *L)
+static int consul_json_null(lua_State *L)
 {
     lua_pushlightuserdata(L, NULL_UD);
     return 1;
 }
 
-int consul_json_empty_array(lua_State *L)
+static int consul_json_empty_array(lua_State *L)
 {
     lua_pushlightuserdata(L, EMPTY_ARRAY_UD);
     return 1;

@@ -22,7 +22,6 @@
 #define EXIT_WAIT_MS 3000
 #define RETRY_MS 1000
 #define FIRST_WATCH_MS 200  /* a lock held for less needs no watch (and opens no connection) */
-#define MAX_WAIT_MS 300000
 #define NEVER INT64_MAX
 
 
@@ -269,9 +268,9 @@ static int64_t tend(consul_lock *lk, int64_t now)
         if (now >= lk->next_watch) {
             snprintf(lk->watch_query, sizeof lk->watch_query, "%sindex=%llu&wait=%dms",
                      lk->kind == CONSUL_KIND_SEMAPHORE ? "recurse&" : "",
-                     (unsigned long long)lk->watch_index, MAX_WAIT_MS);
+                     (unsigned long long)lk->watch_index, CONSUL_MAX_WAIT_MS);
             if (start(lk, &lk->watch, &lk->watch_rq, &lk->watch_rs, "GET", lk->path,
-                      lk->watch_query, NULL, 0, MAX_WAIT_MS) == 0)
+                      lk->watch_query, NULL, 0, CONSUL_MAX_WAIT_MS) == 0)
                 lk->watch_busy = 1;
             else
                 lk->next_watch = now + RETRY_MS;
@@ -335,7 +334,7 @@ static void *renewer(void *arg)
         pthread_mutex_unlock(&mu);
         now = consul_now_ms();
         curl_multi_poll(multi, NULL, 0,
-                        next == NEVER ? MAX_WAIT_MS : next <= now ? 0 : (int)(next - now), NULL);
+                        next == NEVER ? CONSUL_MAX_WAIT_MS : next <= now ? 0 : (int)(next - now), NULL);
         pthread_mutex_lock(&mu);
         wake_at = 0;  /* awake: a new lock needs no wakeup until the next plan */
         curl_multi_perform(multi, &running);

@@ -157,12 +157,11 @@ void consul_att_release(attempt *a)
 int consul_att_keep_alive(consul_lock *lk, attempt *a, int64_t now, int64_t *next_renew)
 {
     int rc;
-    if (!lk->own_session || __atomic_load_n(&lk->ttl_ms, __ATOMIC_ACQUIRE) <= 0 ||
-        now < *next_renew)
+    if (!lk->own_session || LOAD(&lk->ttl_ms) <= 0 || now < *next_renew)
         return CONSUL_OK;
     if ((rc = consul_att_session_renew(lk, a)) != CONSUL_OK)
         return rc;
-    *next_renew = now + __atomic_load_n(&lk->ttl_ms, __ATOMIC_ACQUIRE) / 2;
+    *next_renew = now + LOAD(&lk->ttl_ms) / 2;
     return CONSUL_OK;
 }
 
@@ -171,5 +170,5 @@ long consul_att_wait_ms(const consul_lock *lk, int64_t now, int64_t deadline, in
     int64_t left = deadline - now;
     if (lk->own_session && next_renew - now < left)
         left = next_renew - now;
-    return (long)(left > 300000 ? 300000 : left < 1 ? 1 : left);
+    return (long)(left > CONSUL_MAX_WAIT_MS ? CONSUL_MAX_WAIT_MS : left < 1 ? 1 : left);
 }
