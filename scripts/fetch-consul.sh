@@ -122,18 +122,23 @@ aptopts=(
   -o "APT::Sandbox::User=root"
 )
 
-log "apt-get update ($SUITE, private lists under $d)"
-apt-get -q "${aptopts[@]}" update >"$d/update.log" 2>&1 || {
-  cat "$d/update.log" >&2
-  die "apt-get update failed"
+# A mirror can fail for a moment (a timeout, a sync in progress), and apt-get update can exit 0
+# after a failed fetch: try update-then-download three times.
+fetch_once() {
+  rm -f "$d/dl/"*.deb
+  log "apt-get update ($SUITE, private lists under $d)"
+  apt-get -q "${aptopts[@]}" update >"$d/update.log" 2>&1 || { cat "$d/update.log"; return 1; }
+  log "apt-get download $PKG"
+  (cd "$d/dl" && apt-get -q "${aptopts[@]}" download "$PKG") >"$d/download.log" 2>&1 ||
+    { cat "$d/update.log" "$d/download.log"; return 1; }
 }
-
-rm -f "$d/dl/"*.deb
-log "apt-get download $PKG"
-(cd "$d/dl" && apt-get -q "${aptopts[@]}" download "$PKG") >"$d/download.log" 2>&1 || {
-  cat "$d/download.log" >&2
-  die "apt-get download $PKG failed"
-}
+for attempt in 1 2 3; do
+  fetch_once >"$d/attempt.log" && break
+  log "attempt $attempt of 3 failed:"
+  tail -n 8 "$d/attempt.log" | sed 's/^/    /' >&2
+  [ $attempt = 3 ] && die "apt-get could not fetch $PKG from $SUITE"
+  sleep $((attempt * 5))
+done
 
 deb=$(ls "$d/dl/"*.deb 2>/dev/null | head -n1)
 [ -n "$deb" ] || die "no .deb downloaded (see $d/download.log)"
