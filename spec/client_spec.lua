@@ -984,37 +984,65 @@ describe("consul client", function()
     end
 
     it("close() and __gc of unclosed clients release their connections; no crash", function()
+      -- The process's fds, counted from outside. The renewer thread may open or close a
+      -- connection of its own meanwhile (a lock collected by an earlier spec being released):
+      -- a count that moved for that reason is measured again, up to three times; a client
+      -- that keeps its socket after close() or __gc fails every time.
       local function fds()
         local p = assert(io.popen("ls /proc/$PPID/fd | wc -l"))
         local n = tonumber(p:read("*a"))
         p:close()
         return n
       end
-      collectgarbage("collect")
-      collectgarbage("collect")
-      local base = fds()
-      local keep = {}
-      for i = 1, 20 do
-        local x = consul.new({ addr = shared.addr })
-        assert.is_string((x.status:leader()))
-        keep[i] = x
+      local function attempt()
+        collectgarbage("collect")
+        collectgarbage("collect")
+        local base = fds()
+        -- made in a function of their own: a dead local of this frame would keep one alive
+        local keep = (function()
+          local t = {}
+          for i = 1, 20 do
+            t[i] = consul.new({ addr = shared.addr })
+            assert.is_string((t[i].status:leader()))
+          end
+          return t
+        end)()
+        -- each client holds its socket (and whatever else libcurl keeps per handle)
+        local per = (fds() - base) / 20
+        if not (per >= 1 and per == math.floor(per)) then
+          return false, "fds per client: " .. per
+        end
+        for i = 1, 10 do keep[i]:close() end
+        local n = fds()
+        if n ~= base + 10 * per then
+          return false, ("after 10 close(): %d fds, expected %d"):format(n, base + 10 * per)
+        end
+        -- the other ten are dropped unclosed, one still referenced only by its group object
+        local kv = keep[11].kv
+        keep = nil
+        collectgarbage("collect")
+        collectgarbage("collect")
+        n = fds()
+        if n ~= base + per then
+          return false, ("after collecting 9: %d fds, expected %d"):format(n, base + per)
+        end
+        assert.is_nil((kv:get(PREFIX .. "gc")))
+        kv = nil
+        collectgarbage("collect")
+        collectgarbage("collect")
+        n = fds()
+        if n ~= base then
+          return false, ("after collecting the last: %d fds, expected %d"):format(n, base)
+        end
+        return true
       end
-      -- each client holds its socket (and whatever else libcurl keeps per handle)
-      local per = (fds() - base) / 20
-      assert.is_true(per >= 1 and per == math.floor(per), "fds per client: " .. per)
-      for i = 1, 10 do keep[i]:close() end
-      assert.equals(base + 10 * per, fds())
-      -- the other ten are dropped unclosed, one still referenced only by its group object
-      local kv = keep[11].kv
-      keep = nil
-      collectgarbage("collect")
-      collectgarbage("collect")
-      assert.equals(base + per, fds())
-      assert.is_nil((kv:get(PREFIX .. "gc")))
-      kv = nil
-      collectgarbage("collect")
-      collectgarbage("collect")
-      assert.equals(base, fds())
+      local ok, why
+      for try = 1, 3 do
+        ok, why = attempt()
+        if ok then break end
+        io.stderr:write("\n[client_spec note] fd count moved (", why, "), measuring again (", try, " of 3)\n")
+      end
+      assert(ok, why)
     end)
   end)
 end)
