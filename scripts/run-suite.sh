@@ -3,10 +3,11 @@
 #
 # Runs one busted run (CMD) under scripts/with-agent.sh, its output shown and kept in
 # build/results-NAME.txt. When the run ends without busted's closing summary (killed by a
-# signal, aborted, the agent never came up), writes build/crash-NAME.txt: how it ended, the spec
-# that was running (spec/helpers/progress.lua records it), the output's last lines and, when the
-# process left a core file, every thread's backtrace. .ci/run prints these files last, where a
-# truncated CI log still shows them. Exits with CMD's status.
+# signal, aborted, the agent never came up) or fails though every spec passed (at exit), writes
+# build/crash-NAME.txt: how it ended, the spec that was running (spec/helpers/progress.lua
+# records it), the output's last lines and, when the process left a core file, every thread's
+# backtrace. .ci/run prints these files last, where a truncated CI log still shows them.
+# Exits with CMD's status.
 set -uo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top" || exit 1
@@ -22,9 +23,16 @@ ulimit -c unlimited 2>/dev/null || true
 CONSUL_TEST_PROGRESS=$progress scripts/with-agent.sh "$@" 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
 
-if ! sed 's/\x1b\[[0-9;]*m//g' "$out" | grep -qE '^[0-9]+ success(es)? / [0-9]+ failures? / [0-9]+ errors? / [0-9]+ pending'; then
+summary=$(sed 's/\x1b\[[0-9;]*m//g' "$out" | grep -E '^[0-9]+ success(es)? / [0-9]+ failures? / [0-9]+ errors? / [0-9]+ pending' | tail -n 1)
+why=""
+if [ -z "$summary" ]; then
+  why="the run ended without busted's summary"
+elif [ "$status" != 0 ] && [[ $summary =~ \ /\ 0\ failures?\ /\ 0\ errors?\ / ]]; then
+  why="every spec passed, yet the run exited with status $status (at exit?)"
+fi
+if [ -n "$why" ]; then
   {
-    echo "=== $name: the run ended without busted's summary ==="
+    echo "=== $name: $why ==="
     if [ "$status" -gt 128 ]; then
       echo "exit status $status: killed by signal $((status - 128)) ($(kill -l $((status - 128)) 2>/dev/null))"
     else

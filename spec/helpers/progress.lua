@@ -1,9 +1,18 @@
 -- busted --helper: writes the name of the spec that is running to $CONSUL_TEST_PROGRESS, so a
 -- run that dies without busted's summary (a signal, an abort) can say where it was.
--- scripts/run-suite.sh sets the variable and reads the file back; without it this does nothing.
+-- scripts/run-suite.sh sets the variable and reads the file back; without it this only makes
+-- sure busted's summary is out before the process exits.
+local busted = require("busted")
+
+-- busted writes its summary without flushing, then exits closing the Lua state: whatever goes
+-- wrong in the finalizers or at exit would take the summary with it.
+busted.subscribe({ "exit" }, function()
+  io.stdout:flush()
+  return nil, true
+end)
+
 local file = os.getenv("CONSUL_TEST_PROGRESS")
 if not file or file == "" then return end
-local busted = require("busted")
 
 local function fullname(element)
   local names = { element.name or element.descriptor }
@@ -34,7 +43,7 @@ busted.subscribe({ "test", "end" }, function(element)
   record("after " .. fullname(element))
   return nil, true
 end)
-busted.subscribe({ "suite", "end" }, function()
-  record("suite ended")
+busted.subscribe({ "exit" }, function()
+  record("exiting (busted's summary is written; the Lua state is being closed)")
   return nil, true
 end)
