@@ -173,28 +173,31 @@ void consul_format_failure(char *out, size_t n, const char *method, const char *
 
 /* ---- json.c ------------------------------------------------------------ */
 
-/* A parsed JSON document whose integers are exact: every number node's valueint is replaced
- * by the index of its token in the text, so its digits can be read again. */
+/* A parsed JSON document whose integers are exact. A number up to 2^53 is exact as cJSON's
+ * double; for a larger one, the first time one is read, every number node's valueint is
+ * replaced by the index of its token in the text, so its digits can be read again. */
 typedef struct consul_json {
     cJSON *root;
     const char *text;
+    size_t len;
     size_t *nums;
     size_t nnums, capnums;
+    int indexed;  /* 0 not yet, 1 valueint holds token indexes, -1 cannot (doubles then) */
 } consul_json;
 
 int consul_json_parse(consul_json *d, const char *text, size_t len);  /* 0 ok, -1 bad JSON */
 void consul_json_free(consul_json *d);                                /* keeps nums */
 void consul_json_release(consul_json *d);                             /* frees all */
 /* Exact value of an integer number node: 0 ok, -1 not an integer that fits 64 bits. */
-int consul_json_u64(const consul_json *d, const cJSON *n, uint64_t *out);
-int consul_json_i64(const consul_json *d, const cJSON *n, int64_t *out);
+int consul_json_u64(consul_json *d, const cJSON *n, uint64_t *out);
+int consul_json_i64(consul_json *d, const cJSON *n, int64_t *out);
 
 #define CONSUL_JSON_B64VALUE 1   /* "Value" strings are base64: decode / encode them */
 #define CONSUL_JSON_DURATIONS 2  /* numbers under TTL / LockDelay are seconds: send "Ns" */
 #define CONSUL_JSON_B64PAYLOAD 4 /* an event's "Payload" is base64: decode it */
 
 /* Pushes the Lua value of d->root (or of node). Can raise only for memory. */
-void consul_json_push(lua_State *L, const consul_json *d, cJSON *node, int flags);
+void consul_json_push(lua_State *L, consul_json *d, cJSON *node, int flags);
 /* Pushes a base64 string node decoded (in place: the node is spent). */
 void consul_json_push_b64(lua_State *L, cJSON *n);
 /* Appends the JSON of the Lua value at idx to b. Raises (argerror on arg) for values JSON

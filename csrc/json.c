@@ -1,10 +1,12 @@
 /*
  * json.c: JSON in both directions.
  *
- * Decoding uses cJSON, which keeps numbers as doubles: 64-bit Flags and Raft indexes would be
- * rounded. So the text's number tokens are found first, in document order, and each number
- * node's valueint is replaced by the index of its token: any integer can then be read again
- * exactly from its own digits. cJSON's children keep document order, so the two walks agree.
+ * Decoding uses cJSON, which keeps numbers as doubles: 64-bit Flags and Raft indexes above
+ * 2^53 would be rounded. Integers up to 2^53 are exact as doubles and read from them. The
+ * first time a larger one is read, the text's number tokens are found, in document order, and
+ * each number node's valueint is replaced by the index of its token: any integer can then be
+ * read again exactly from its own digits. cJSON's children keep document order, so the two
+ * walks agree. Most answers (a KV list, say) never need the second walk.
  *
  * Encoding writes Lua values straight into a consul_buf (owned by the client, so an error
  * raised halfway leaks nothing).
@@ -80,20 +82,30 @@ static void number_nodes(cJSON *n, size_t *k, size_t max, int *ok)
 
 int consul_json_parse(consul_json *d, const char *text, size_t len)
 {
-    size_t k = 0;
-    int ok = 1;
     consul_json_free(d);
-    d->text = text;
-    if (scan_numbers(d, text, len) != 0)
-        return -1;
     /* text[len] is '\0': counting it makes cJSON reject trailing garbage. */
     d->root = cJSON_ParseWithLengthOpts(text, len + 1, NULL, 1);
     if (d->root == NULL)
         return -1;
-    number_nodes(d->root, &k, d->nnums, &ok);
-    if (!ok || k != d->nnums)
-        d->nnums = 0;  /* cannot happen for valid JSON; then numbers are doubles */
+    d->text = text;
+    d->len = len;
     return 0;
+}
+
+/* The second walk, once per document: 1 when every number node has its token's index. */
+static int index_numbers(consul_json *d)
+{
+    size_t k = 0;
+    int ok = 1;
+    if (d->indexed == 0) {
+        if (scan_numbers(d, d->text, d->len) != 0)
+            ok = 0;
+        else
+            number_nodes(d->root, &k, d->nnums, &ok);
+        /* a mismatch cannot happen for valid JSON; numbers are doubles then */
+        d->indexed = ok && k == d->nnums ? 1 : -1;
+    }
+    return d->indexed == 1;
 }
 
 void consul_json_free(consul_json *d)
@@ -103,6 +115,9 @@ void consul_json_free(consul_json *d)
         d->root = NULL;
     }
     d->text = NULL;
+    d->len = 0;
+    d->nnums = 0;
+    d->indexed = 0;
 }
 
 void consul_json_release(consul_json *d)
@@ -113,11 +128,11 @@ void consul_json_release(consul_json *d)
     d->nnums = d->capnums = 0;
 }
 
-static const char *int_token(const consul_json *d, const cJSON *n)
+static const char *int_token(consul_json *d, const cJSON *n)
 {
     const char *t;
     size_t i;
-    if (n->valueint < 0 || (size_t)n->valueint >= d->nnums)
+    if (!index_numbers(d) || n->valueint < 0 || (size_t)n->valueint >= d->nnums)
         return NULL;
     t = d->text + d->nums[n->valueint];
     for (i = (*t == '-'); t[i] >= '0' && t[i] <= '9'; i++)
@@ -125,11 +140,34 @@ static const char *int_token(const consul_json *d, const cJSON *n)
     return (t[i] == '.' || t[i] == 'e' || t[i] == 'E') ? NULL : t;
 }
 
-int consul_json_u64(const consul_json *d, const cJSON *n, uint64_t *out)
+#define EXACT_DOUBLE 9007199254740992.0  /* 2^53 */
+
+/* 1 when n's double is an integer exact as it is (then in *out): below 2^53 in magnitude,
+ * where doubles hold every integer. 2^53 itself is not: 9007199254740993 rounds to it. */
+static int small_int(const cJSON *n, int64_t *out)
+{
+    double v = n->valuedouble;
+    if (v > -EXACT_DOUBLE && v < EXACT_DOUBLE && v == (double)(int64_t)v) {
+        *out = (int64_t)v;
+        return 1;
+    }
+    return 0;
+}
+
+int consul_json_u64(consul_json *d, const cJSON *n, uint64_t *out)
 {
     const char *t;
     unsigned long long v;
-    if (n == NULL || !cJSON_IsNumber(n) || (t = int_token(d, n)) == NULL || *t == '-')
+    int64_t small;
+    if (n == NULL || !cJSON_IsNumber(n))
+        return -1;
+    if (small_int(n, &small)) {
+        if (small < 0)
+            return -1;
+        *out = (uint64_t)small;
+        return 0;
+    }
+    if ((t = int_token(d, n)) == NULL || *t == '-')
         return -1;
     errno = 0;
     v = strtoull(t, NULL, 10);
@@ -139,11 +177,15 @@ int consul_json_u64(const consul_json *d, const cJSON *n, uint64_t *out)
     return 0;
 }
 
-int consul_json_i64(const consul_json *d, const cJSON *n, int64_t *out)
+int consul_json_i64(consul_json *d, const cJSON *n, int64_t *out)
 {
     const char *t;
     long long v;
-    if (n == NULL || !cJSON_IsNumber(n) || (t = int_token(d, n)) == NULL)
+    if (n == NULL || !cJSON_IsNumber(n))
+        return -1;
+    if (small_int(n, out))
+        return 0;
+    if ((t = int_token(d, n)) == NULL)
         return -1;
     errno = 0;
     v = strtoll(t, NULL, 10);
@@ -211,7 +253,7 @@ int consul_to_u64(lua_State *L, int idx, uint64_t *out)
 #endif
 }
 
-static void push_number(lua_State *L, const consul_json *d, const cJSON *n)
+static void push_number(lua_State *L, consul_json *d, const cJSON *n)
 {
     int64_t i;
     uint64_t u;
@@ -236,13 +278,58 @@ void consul_json_push_b64(lua_State *L, cJSON *n)
     lua_pushlstring(L, n->valuestring, (size_t)got);
 }
 
-void consul_json_push(lua_State *L, const consul_json *d, cJSON *n, int flags)
+/* The keys of the objects of one array: records of a list name the same fields in the same
+ * order, so the Lua string of each name is made once and reused. */
+#define KEYS 16
+typedef struct keycache {
+    int idx;                 /* stack index of a table: i -> the Lua string of name[i - 1] */
+    const char *name[KEYS];  /* names of the previous object, alive as long as the document */
+} keycache;
+
+static void push_value(lua_State *L, consul_json *d, cJSON *n, int flags, keycache *kc);
+
+static void push_key(lua_State *L, const char *name, int i, keycache *kc)
+{
+    if (kc == NULL || i >= KEYS) {
+        lua_pushstring(L, name);
+    } else if (kc->name[i] != NULL && strcmp(kc->name[i], name) == 0) {
+        lua_rawgeti(L, kc->idx, i + 1);
+    } else {
+        lua_pushstring(L, name);
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, kc->idx, i + 1);
+        kc->name[i] = name;
+    }
+}
+
+static void push_object(lua_State *L, consul_json *d, cJSON *n, int flags, keycache *kc)
+{
+    cJSON *c;
+    int i = 0;
+    lua_createtable(L, 0, 8);
+    for (c = n->child; c != NULL; c = c->next, i++) {
+        int is_value = c->string[0] == 'V' ? (flags & CONSUL_JSON_B64VALUE) &&
+                                                 strcmp(c->string, "Value") == 0
+                     : c->string[0] == 'P' && (flags & CONSUL_JSON_B64PAYLOAD) &&
+                           strcmp(c->string, "Payload") == 0;
+        if (cJSON_IsNull(c) && !(is_value && c->string[0] == 'V'))
+            continue;  /* an absent field reads as nil */
+        push_key(L, c->string, i, kc);
+        if (is_value && cJSON_IsString(c))
+            consul_json_push_b64(L, c);
+        else if (is_value && cJSON_IsNull(c))
+            lua_pushliteral(L, "");  /* Consul writes an empty KV value as null */
+        else
+            push_value(L, d, c, flags, NULL);
+        lua_rawset(L, -3);
+    }
+}
+
+static void push_value(lua_State *L, consul_json *d, cJSON *n, int flags, keycache *kc)
 {
     cJSON *c;
     lua_Integer i = 0;
-    if (n == NULL)
-        n = d->root;
-    luaL_checkstack(L, 4, "JSON nested too deep");
+    luaL_checkstack(L, 6, "JSON nested too deep");
     switch (n->type & 0xff) {
     case cJSON_False: lua_pushboolean(L, 0); break;
     case cJSON_True: lua_pushboolean(L, 1); break;
@@ -250,30 +337,33 @@ void consul_json_push(lua_State *L, const consul_json *d, cJSON *n, int flags)
     case cJSON_Number: push_number(L, d, n); break;
     case cJSON_String: lua_pushstring(L, n->valuestring); break;
     case cJSON_Array:
+        if (cJSON_IsObject(n->child) && n->child->next != NULL) {
+            keycache own;
+            memset(&own, 0, sizeof own);
+            lua_createtable(L, KEYS, 0);
+            own.idx = lua_gettop(L);
+            lua_createtable(L, cJSON_GetArraySize(n), 0);
+            for (c = n->child; c != NULL; c = c->next) {
+                push_value(L, d, c, flags, cJSON_IsObject(c) ? &own : NULL);
+                lua_rawseti(L, -2, (int)++i);
+            }
+            lua_remove(L, own.idx);
+            break;
+        }
         lua_createtable(L, cJSON_GetArraySize(n), 0);
         for (c = n->child; c != NULL; c = c->next) {
-            consul_json_push(L, d, c, flags);
+            push_value(L, d, c, flags, NULL);
             lua_rawseti(L, -2, (int)++i);
         }
         break;
-    case cJSON_Object:
-        lua_createtable(L, 0, 8);
-        for (c = n->child; c != NULL; c = c->next) {
-            int is_value = ((flags & CONSUL_JSON_B64VALUE) && strcmp(c->string, "Value") == 0) ||
-                           ((flags & CONSUL_JSON_B64PAYLOAD) && strcmp(c->string, "Payload") == 0);
-            if (is_value && cJSON_IsString(c))
-                consul_json_push_b64(L, c);
-            else if (is_value && cJSON_IsNull(c) && c->string[0] == 'V')
-                lua_pushliteral(L, "");  /* Consul writes an empty KV value as null */
-            else if (cJSON_IsNull(c))
-                continue;  /* an absent field reads as nil */
-            else
-                consul_json_push(L, d, c, flags);
-            lua_setfield(L, -2, c->string);
-        }
-        break;
+    case cJSON_Object: push_object(L, d, n, flags, kc); break;
     default: lua_pushnil(L); break;
     }
+}
+
+void consul_json_push(lua_State *L, consul_json *d, cJSON *n, int flags)
+{
+    push_value(L, d, n == NULL ? d->root : n, flags, NULL);
 }
 
 /* ---- Lua to JSON ---------------------------------------------------------- */

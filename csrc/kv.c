@@ -60,7 +60,7 @@ static int result3(lua_State *L)
     return 3;
 }
 
-static void meta_u64(lua_State *L, const consul_json *d, cJSON *rec, const char *field,
+static void meta_u64(lua_State *L, consul_json *d, cJSON *rec, const char *field,
                      const char *name)
 {
     uint64_t v;

@@ -33,7 +33,7 @@ static int find_holder(const semlock *s, const char *session)
 }
 
 /* Reads the .lock record rec into s: 0 ok, -1 its flags are not ours, -2 unreadable. */
-static int decode_lock(consul_lock *lk, const consul_json *d, cJSON *rec, semlock *s)
+static int decode_lock(consul_lock *lk, consul_json *d, cJSON *rec, semlock *s)
 {
     uint64_t flags;
     cJSON *v, *root, *h;
@@ -69,7 +69,7 @@ static int decode_lock(consul_lock *lk, const consul_json *d, cJSON *rec, semloc
 }
 
 /* Finds prefix/.lock among the records of a recursive read. */
-static cJSON *find_lock_record(consul_lock *lk, const consul_json *d)
+static cJSON *find_lock_record(consul_lock *lk, consul_json *d)
 {
     cJSON *rec;
     size_t plen = strlen(lk->key);
@@ -83,7 +83,7 @@ static cJSON *find_lock_record(consul_lock *lk, const consul_json *d)
 }
 
 /* Drops holders whose session holds no contender key under the prefix. */
-static void prune(consul_lock *lk, const consul_json *d, semlock *s)
+static void prune(consul_lock *lk, consul_json *d, semlock *s)
 {
     int i = 0;
     (void)lk;

@@ -204,6 +204,64 @@ describe("consul kv", function()
       assert.are.equal(404, meta.status)
     end)
 
+    it("decodes records whose fields differ from one to the next (a session here and not there)", function()
+      -- Consul writes Session between Value and CreateIndex, only for a held key: records of
+      -- one list then name different fields at the same position.
+      local sid = assert(c.session:create({ TTL = "30s", LockDelay = 0 }))
+      local keys = {}
+      for i = 1, 6 do
+        local key = ("%smixed/%d"):format(P, i)
+        keys[i] = key
+        if i % 2 == 0 then
+          assert.is_true((c.kv:put(key, "held " .. i, { acquire = sid, flags = i })))
+        else
+          assert.is_true((c.kv:put(key, i == 5 and "" or "free " .. i, { flags = i })))
+        end
+      end
+      local t = assert(c.kv:list(P .. "mixed/"))
+      c.session:destroy(sid)
+      assert.are.equal(6, #t)
+      for i, r in ipairs(t) do
+        assert.are.equal(keys[i], r.Key)
+        assert.are.equal(i, r.Flags)
+        if i % 2 == 0 then
+          assert.are.equal("held " .. i, r.Value)
+          assert.are.equal(sid, r.Session)
+          assert.are.equal(1, r.LockIndex)
+        else
+          assert.are.equal(i == 5 and "" or "free " .. i, r.Value)
+          assert.is_nil(r.Session)
+          assert.are.equal(0, r.LockIndex)
+        end
+        assert.is_true(r.ModifyIndex >= r.CreateIndex)
+        local n = 0
+        for _ in pairs(r) do n = n + 1 end
+        assert.are.equal(i % 2 == 0 and 7 or 6, n, "fields of record " .. i)
+      end
+    end)
+
+    it("reads flags around 2^53 exactly, within one list", function()
+      -- up to 2^53 a double holds the value; above it the digits are read again
+      local digits = { "9007199254740991", "9007199254740992", "9007199254740993",
+                       "0", "18446744073709551615", "12345" }
+      for i, d in ipairs(digits) do
+        assert.are.equal(200, (raw("PUT", "/v1/kv/" .. P .. "big/" .. i .. "?flags=" .. d, "v")))
+      end
+      local t = assert(c.kv:list(P .. "big/"))
+      assert.are.equal(#digits, #t)
+      for i, r in ipairs(t) do
+        if IS_JIT then
+          assert.are.equal(tonumber(digits[i]), r.Flags)  -- doubles: the nearest
+        else
+          -- the digits as a 64-bit integer (above 2^63 in two's complement, as put takes it)
+          local want = 0
+          for ch in digits[i]:gmatch("%d") do want = want * 10 + tonumber(ch) end
+          assert.are.equal("integer", math.type(r.Flags))
+          assert.are.equal(want, r.Flags, digits[i])
+        end
+      end
+    end)
+
     it("lists the whole store for a nil prefix", function()
       assert.is_true((c.kv:put(P .. "list/whole", "w")))
       local t, err = c.kv:list(nil)
