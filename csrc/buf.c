@@ -156,11 +156,15 @@ static const unsigned char b64dec[256] = {
 #undef X
 };
 
-long consul_base64_decode(const char *in, size_t n, unsigned char *out)
+/* Decodes in to out (which may be in itself: a group is read before its bytes are written,
+ * and they land before it). On failure *done holds how many bytes of whole groups were
+ * written. */
+static long decode(const char *in, size_t n, unsigned char *out, size_t *done)
 {
     const unsigned char *s = (const unsigned char *)in;
     size_t i, full;
     long len = 0;
+    *done = 0;
     if (n % 4 != 0)
         return -1;
     if (n == 0)
@@ -168,8 +172,10 @@ long consul_base64_decode(const char *in, size_t n, unsigned char *out)
     full = n - 4;  /* every group but the last has no padding */
     for (i = 0; i < full; i += 4) {
         unsigned a = b64dec[s[i]], b = b64dec[s[i + 1]], c = b64dec[s[i + 2]], d = b64dec[s[i + 3]];
-        if ((a | b | c | d) >= 64)
+        if ((a | b | c | d) >= 64) {
+            *done = (size_t)len;
             return -1;
+        }
         if (out != NULL) {
             out[len] = (unsigned char)(a << 2 | b >> 4);
             out[len + 1] = (unsigned char)(b << 4 | c >> 2);
@@ -179,8 +185,10 @@ long consul_base64_decode(const char *in, size_t n, unsigned char *out)
     }
     {
         unsigned a = b64dec[s[i]], b = b64dec[s[i + 1]], c = b64dec[s[i + 2]], d = b64dec[s[i + 3]];
-        if (a >= 64 || b >= 64 || c > 64 || d > 64 || (c == 64 && d != 64))
+        if (a >= 64 || b >= 64 || c > 64 || d > 64 || (c == 64 && d != 64)) {
+            *done = (size_t)len;
             return -1;
+        }
         if (out != NULL)
             out[len] = (unsigned char)(a << 2 | b >> 4);
         len++;
@@ -196,6 +204,27 @@ long consul_base64_decode(const char *in, size_t n, unsigned char *out)
         }
     }
     return len;
+}
+
+long consul_base64_decode_inplace(char *s, size_t n)
+{
+    size_t done, g;
+    long got = decode(s, n, (unsigned char *)s, &done);
+    if (got >= 0)
+        return got;
+    /* Not base64 after all: encode the whole groups already decoded back where they were,
+     * last first (a group's 4 characters reach over the next group's 3 bytes). A group of
+     * 4 characters without padding and its 3 bytes map one to one, so this is exact. */
+    for (g = done / 3; g-- > 0;) {
+        const unsigned char *p = (const unsigned char *)s + 3 * g;
+        unsigned v = (unsigned)p[0] << 16 | (unsigned)p[1] << 8 | p[2];
+        char *o = s + 4 * g;
+        o[0] = b64chars[v >> 18];
+        o[1] = b64chars[(v >> 12) & 63];
+        o[2] = b64chars[(v >> 6) & 63];
+        o[3] = b64chars[v & 63];
+    }
+    return -1;
 }
 
 int64_t consul_duration_ms(const char *s)

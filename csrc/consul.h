@@ -63,9 +63,8 @@ void consul_buf_free(consul_buf *b);
 /* Percent-escape every byte but RFC 3986 unreserved ones (and '/' when keep_slash). */
 int consul_buf_add_escaped(consul_buf *b, const char *s, size_t n, int keep_slash);
 int consul_buf_add_base64(consul_buf *b, const unsigned char *p, size_t n);
-/* Decodes into out (n*3/4 bytes; may be in itself; NULL only checks); returns the length
- * or -1 on bad input. */
-long consul_base64_decode(const char *in, size_t n, unsigned char *out);
+/* Decodes s in place in one pass: the length, or -1 with s as it was when it is not base64. */
+long consul_base64_decode_inplace(char *s, size_t n);
 
 /* Go duration ("15s", "1m30s", "250ms") to milliseconds; -1 when malformed. */
 int64_t consul_duration_ms(const char *s);

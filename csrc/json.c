@@ -268,14 +268,11 @@ static void push_number(lua_State *L, consul_json *d, const cJSON *n)
 /* A base64 "Value" is decoded in place in the answer's own tree: base64 only shrinks. */
 void consul_json_push_b64(lua_State *L, cJSON *n)
 {
-    size_t len = strlen(n->valuestring);
-    long got = consul_base64_decode(n->valuestring, len, NULL);
-    if (got < 0) {
+    long got = consul_base64_decode_inplace(n->valuestring, strlen(n->valuestring));
+    if (got < 0)
         lua_pushstring(L, n->valuestring);  /* not base64 after all: hand it over as is */
-        return;
-    }
-    consul_base64_decode(n->valuestring, len, (unsigned char *)n->valuestring);
-    lua_pushlstring(L, n->valuestring, (size_t)got);
+    else
+        lua_pushlstring(L, n->valuestring, (size_t)got);
 }
 
 /* The keys of the objects of one array: records of a list name the same fields in the same

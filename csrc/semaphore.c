@@ -47,10 +47,9 @@ static int decode_lock(consul_lock *lk, consul_json *d, cJSON *rec, semlock *s)
     consul_json_u64(d, cJSON_GetObjectItemCaseSensitive(rec, "ModifyIndex"), &s->modify_index);
     v = cJSON_GetObjectItemCaseSensitive(rec, "Value");
     if (!cJSON_IsString(v) ||
-        (got = consul_base64_decode(v->valuestring, strlen(v->valuestring), NULL)) < 0)
+        (got = consul_base64_decode_inplace(v->valuestring, strlen(v->valuestring))) < 0)
         return -2;
     text = v->valuestring;  /* decoded in place: base64 only shrinks */
-    consul_base64_decode(text, strlen(text), (unsigned char *)text);
     text[got] = '\0';
     if (consul_json_parse(&s->value, text, (size_t)got) != 0)
         return -2;

@@ -142,6 +142,19 @@ describe("errors", function()
       x:close()
     end)
 
+    it("fake server: a Value that is not base64 comes back as it was sent", function()
+      -- Consul always encodes Value; a broken one is handed over untouched (decoding runs in
+      -- place and puts back what it had decoded when it meets a bad character)
+      local x = consul.new({ addr = fs.addr })
+      local t, err = x.kv:list("notbase64")
+      assert.is_nil(err)
+      assert.same({ "QUJDREVGR0hJ!KLM", "QUJD=", "QQ==QUJD", "ABC" },
+        { t[1].Value, t[2].Value, t[3].Value, t[4].Value })
+      local v = x.kv:get("notbase64")
+      assert.equals("QUJDREVGR0hJ!KLM", v)
+      x:close()
+    end)
+
     it("fake server: a peer closing mid-answer is code closed, and the client goes on", function()
       local x = consul.new({ addr = fs.addr })
       local err = failed("closed", 200, x.kv:get("close"))

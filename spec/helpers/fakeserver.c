@@ -14,6 +14,7 @@
  *   truncated  200, application/json, body [1,2
  *   close      200, Content-Length: 100, sends 9 bytes and closes the connection
  *   nothing    closes the connection without sending a byte
+ *   notbase64  200, application/json, KV records whose "Value" is not base64 (see below)
  *   anything else: 200, application/json, body [] (the connection is then closed)
  *
  * Every answer carries "Connection: close". Children die with the parent (PR_SET_PDEATHSIG)
@@ -94,6 +95,15 @@ static void serve(int fd)
         answer(fd, "200 OK", "application/json", "[1,2", 4);
     } else if (strstr(path, "close") != NULL) {
         answer(fd, "200 OK", "application/json", "[\"0123456", 100);
+    } else if (strstr(path, "notbase64") != NULL) {
+        /* Consul always base64-encodes Value; these are not: a bad character after three
+         * good groups, a bad length, padding in the middle, and one good value. */
+        static const char body[] =
+            "[{\"Key\":\"a\",\"Value\":\"QUJDREVGR0hJ!KLM\"},"
+            "{\"Key\":\"b\",\"Value\":\"QUJD=\"},"
+            "{\"Key\":\"c\",\"Value\":\"QQ==QUJD\"},"
+            "{\"Key\":\"d\",\"Value\":\"QUJD\"}]";
+        answer(fd, "200 OK", "application/json", body, sizeof body - 1);
     } else if (strstr(path, "nothing") != NULL) {
         /* close at once */
     } else {
