@@ -33,6 +33,7 @@ static consul_lock *head;
 static CURLM *multi;
 static int started;
 static int64_t wake_at = NEVER;  /* when the renewer will look again by itself */
+static int exiting;  /* set once by atexit, which then keeps mu: see renew_atexit */
 
 /* ---- the lock's state --------------------------------------------------- */
 
@@ -391,6 +392,8 @@ static int ensure_started(void)
 int consul_renew_start(consul_lock *lk)
 {
     int64_t now = consul_now_ms();
+    if (LOAD(&exiting))
+        return -1;
     pthread_mutex_lock(&mu);
     if (ensure_started() != 0) {
         pthread_mutex_unlock(&mu);
@@ -421,6 +424,8 @@ int consul_renew_start(consul_lock *lk)
 
 void consul_renew_stop(consul_lock *lk, int release)
 {
+    if (LOAD(&exiting))
+        return;  /* a finalizer run after atexit (a state closed late): nothing to wait for */
     pthread_mutex_lock(&mu);
     if (!lk->registered) {
         pthread_mutex_unlock(&mu);
@@ -442,7 +447,11 @@ void consul_renew_stop(consul_lock *lk, int release)
     pthread_mutex_unlock(&mu);
 }
 
-/* At exit, locks still registered are released by the renewer, a few seconds at most. */
+/* At exit, locks still registered are released by the renewer, a few seconds at most. Then
+ * the mutex stays taken: the renewer parks on it the next time it comes back from libcurl,
+ * so none of its requests runs on while the rest of exit tears down (OpenSSL's own atexit
+ * cleanup, say). Calls made after this point (a finalizer of a state closed later) return
+ * at once instead of waiting for it. */
 static void renew_atexit(void)
 {
     struct timespec until;
@@ -460,7 +469,8 @@ static void renew_atexit(void)
     while (head != NULL)
         if (pthread_cond_timedwait(&cv, &mu, &until) != 0)
             break;
-    pthread_mutex_unlock(&mu);
+    STORE(&exiting, 1);
+    /* mu is not given back */
 }
 
 /* fork() copies this process's memory but not its renewer: the child starts afresh. Locks

@@ -846,6 +846,37 @@ describe("consul locks", function()
           note("%s: key free and session gone %.2f s after the child's exit", how, now() - t0)
         end)
     end
+
+    for _, mode in ipairs({ "stalled-exit", "stalled-osexit" }) do
+      local how = mode == "stalled-exit" and "the end of its script" or "os.exit(0)"
+      it("a child leaving through " .. how .. " while its agent hangs (SIGSTOP) exits 0 within ~3 s",
+        function()
+          -- the release at exit cannot be answered: the process waits 3 s for it, no more,
+          -- and leaves cleanly (the renewer, still inside its request, is parked)
+          local a = agent.start()
+          defer(function() a:stop() end)
+          defer(function() os.execute("kill -CONT " .. a.pid .. " 2>/dev/null") end)
+          local key = P .. "exit/" .. mode .. "/.lock"
+          local out, go = TMP .. "/" .. mode .. ".out", TMP .. "/" .. mode .. ".go"
+          local kids = children.new(TMP, WORKER, a.addr)
+          defer(function() kids:kill_all() end)
+          local child = kids:worker(mode, mode, key, out, go)
+          assert(out_of(out, 30), "the child did not report: " .. log_of(child))
+          assert.matches("^%S+ %d+", read_file(out))
+          local stopped = os.execute("kill -STOP " .. a.pid)
+          assert(stopped == true or stopped == 0, "kill -STOP " .. a.pid .. " failed")
+          local f = assert(io.open(go, "wb"))
+          f:close()
+          local t0 = now()
+          local rc = wait_exit(child, 20)
+          local elapsed = now() - t0
+          assert(rc, "the child did not exit within 20 s: " .. log_of(child))
+          assert.are.equal(0, rc, log_of(child))
+          assert.is_true(elapsed >= 2.5, "left after " .. elapsed .. " s: did it wait for the release?")
+          assert.is_true(elapsed < slack(6, 10), "left after " .. elapsed .. " s")
+          note("%s with the agent stopped: the child left after %.2f s, status 0", how, elapsed)
+        end)
+    end
   end)
 
   ---------------------------------------------------------------------------

@@ -11,6 +11,9 @@
 --       takes KEY, writes "SESSION FENCE" to OUT and ends the script without releasing.
 --   lock_worker.lua ADDR osexit KEY OUT
 --       the same, but leaves through os.exit(0) (no lua_close: only the atexit path).
+--   lock_worker.lua ADDR stalled-exit|stalled-osexit KEY OUT GO
+--       takes KEY, writes "SESSION FENCE" to OUT, waits (60 s at most) for the file GO, then
+--       leaves like exit or osexit. The spec stops the agent (SIGSTOP) before creating GO.
 --   lock_worker.lua ADDR wait KEY WAIT OUT
 --       waits up to WAIT seconds for KEY; writes "acquired TIME FENCE SESSION" (TIME: the
 --       wall clock, system.gettime(), right after acquiring) or "error ..." to OUT, releases.
@@ -75,6 +78,19 @@ elseif mode == "exit" or mode == "osexit" then
     os.exit(0)
   end
   -- the end of the script: lua_close collects the lock (and the client) and exits
+elseif mode == "stalled-exit" or mode == "stalled-osexit" then
+  local key, out, go = arg[3], arg[4], arg[5]
+  HELD_LOCK = c:lock(key, { wait = 30, ttl = 15, lock_delay = 0 })
+  if not HELD_LOCK then fail(out, "not acquired") end
+  put_file(out, HELD_LOCK.session .. " " .. tostring(HELD_LOCK.fence) .. "\n")
+  local deadline = system.monotime() + 60
+  while not io.open(go, "rb") and system.monotime() < deadline do
+    system.sleep(0.02)
+  end
+  io.stderr:write(string.format("lock_worker: leaving at %.3f\n", system.monotime()))
+  if mode == "stalled-osexit" then
+    os.exit(0)
+  end
 elseif mode == "wait" then
   local key, wait, out = arg[3], tonumber(arg[4]), arg[5]
   local lock, err, meta = c:lock(key, { wait = wait, ttl = 10, lock_delay = 0 })
