@@ -376,9 +376,11 @@ for try in 1 2 3; do
     stop_dir "$dir" force
     continue
   fi
+  # rc 2: no leader within the time; a slow first start on a cold machine, say: try again
+  log "agent did not become ready within ${timeout_s}s (attempt $try)"
   tail_log
+  cp "$dir/agent.log" "$dir/agent.log.failed.$try" 2>/dev/null || true
   stop_dir "$dir" force
-  die "agent did not become ready within ${timeout_s}s"
 done
 if [ $started != 1 ]; then
   tail_log
