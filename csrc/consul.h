@@ -172,20 +172,19 @@ void consul_format_failure(char *out, size_t n, const char *method, const char *
 
 /* ---- json.c ------------------------------------------------------------ */
 
-/* A parsed JSON document whose integers are exact. A number up to 2^53 is exact as cJSON's
+/* A parsed JSON document whose integers are exact. A number below 2^53 is exact as cJSON's
  * double; for a larger one, the first time one is read, every number node's valueint is
- * replaced by the index of its token in the text, so its digits can be read again. */
+ * replaced by the offset of its token in the text (which must stay as it is as long as the
+ * document is read), so its digits can be read again. */
 typedef struct consul_json {
     cJSON *root;
     const char *text;
     size_t len;
-    size_t *nums;
-    size_t nnums, capnums;
-    int indexed;  /* 0 not yet, 1 valueint holds token indexes, -1 cannot (doubles then) */
+    int indexed;  /* 0 not yet, 1 valueint holds token offsets, -1 cannot (doubles then) */
 } consul_json;
 
 int consul_json_parse(consul_json *d, const char *text, size_t len);  /* 0 ok, -1 bad JSON */
-void consul_json_free(consul_json *d);                                /* keeps nums */
+void consul_json_free(consul_json *d);
 void consul_json_release(consul_json *d);                             /* frees all */
 /* Exact value of an integer number node: 0 ok, -1 not an integer that fits 64 bits. */
 int consul_json_u64(consul_json *d, const cJSON *n, uint64_t *out);
@@ -352,9 +351,13 @@ void consul_lock_free_handles(consul_lock *lk);           /* not while registere
 /* Hands a lock just acquired to the renewer (renewals, watching the key). 0 ok. */
 int consul_renew_start(consul_lock *lk);
 /* Takes it back. With release, the renewer releases the lock itself and the call returns
- * at once (a finalizer's way); without, the call returns once the renewer let go of it. */
-void consul_renew_stop(consul_lock *lk, int release);
+ * at once (a finalizer's way); without, the call returns once the renewer let go of it:
+ * 0, or -1 when the process is exiting and the renewer (parked) still has it, its handles
+ * in use: then leave them alone. */
+int consul_renew_stop(consul_lock *lk, int release);
 void consul_renew_atexit_once(void);
+/* 1 once the process is past the atexit wait: no lock can be renewed any more. */
+int consul_renew_exiting(void);
 /* Releases the key and destroys an own session, over h. 0 ok, else rs->code; msg filled. */
 int consul_lock_release_now(consul_lock *lk, attempt *a, consul_resp *rs, char *msg,
                             size_t n);

@@ -364,11 +364,28 @@ static int64_t lock_configure(lua_State *L, int idx, consul_lock *lk, int first)
     return wait_ms;
 }
 
+/* nil, err, {code = "timeout"}: past the atexit wait, nothing more is done for a lock (its
+ * session ends by its TTL); the lock's handles may still be the parked renewer's. */
+static int exiting_failure(lua_State *L, consul_lock *lk)
+{
+    consul_resp rs;
+    memset(&rs, 0, sizeof rs);
+    rs.code = CONSUL_ETIMEOUT;
+    lua_pushnil(L);
+    lua_pushfstring(L, "consul: lock %s: the process is exiting", lk->key);
+    consul_push_meta(L, &rs);
+    lua_pushnil(L);
+    lua_setfield(L, -2, "status");
+    return 3;
+}
+
 /* Runs one acquire for the lock object at 1; returns lock | nil, err, meta. */
 static int lock_run_acquire(lua_State *L, consul_lock *lk, int64_t wait_ms)
 {
     attempt a;
     int rc;
+    if (consul_renew_exiting())
+        return exiting_failure(L, lk);  /* it could be taken, never renewed nor released */
     memset(&a, 0, sizeof a);
     lock_handle(L, 1, lk, &a);
     rc = lk->kind == CONSUL_KIND_SEMAPHORE ? consul_sem_acquire(lk, &a, wait_ms)
@@ -481,7 +498,8 @@ static int lock_acquire(lua_State *L)
     int64_t wait_ms = lock_configure(L, 2, lk, 0);
     if (consul_lock_held(lk))
         return lua_settop(L, 1), 1;
-    consul_renew_stop(lk, 0);  /* a lost lock is still registered */
+    if (consul_renew_stop(lk, 0) != 0)  /* a lost lock is still registered */
+        return exiting_failure(L, lk);
     STORE(&lk->held, 0);
     if (lk->own_session && lk->session[0] != '\0') {
         /* Lost: its session may be gone (destroyed, expired) or still alive (the key was
@@ -505,7 +523,8 @@ static int lock_release(lua_State *L)
     attempt a;
     char msg[1024];
     int rc;
-    consul_renew_stop(lk, 0);
+    if (consul_renew_stop(lk, 0) != 0)
+        return exiting_failure(L, lk);
     if (lk->session[0] == '\0' ||
         (!LOAD(&lk->held) && !lk->own_session && !lk->release_pending)) {
         STORE(&lk->held, 0);
@@ -537,7 +556,7 @@ static int lock_gc(lua_State *L)
 {
     lock_ud *u = luaL_checkudata(L, 1, CONSUL_LOCK_MT);
     if (u->lk != NULL) {
-        consul_renew_stop(u->lk, 1);
+        (void)consul_renew_stop(u->lk, 1);
         consul_lock_unref(u->lk);
         u->lk = NULL;
     }

@@ -422,14 +422,23 @@ int consul_renew_start(consul_lock *lk)
     return 0;
 }
 
-void consul_renew_stop(consul_lock *lk, int release)
+int consul_renew_exiting(void)
 {
-    if (LOAD(&exiting))
-        return;  /* a finalizer run after atexit (a state closed late): nothing to wait for */
+    return LOAD(&exiting);
+}
+
+int consul_renew_stop(consul_lock *lk, int release)
+{
+    if (LOAD(&exiting)) {
+        /* Past the atexit wait (a state closed late, a finalizer): mu stays with exit and the
+         * renewer is parked. A lock it still has is its own now; registered no longer
+         * changes (only under mu). */
+        return lk->registered ? -1 : 0;
+    }
     pthread_mutex_lock(&mu);
     if (!lk->registered) {
         pthread_mutex_unlock(&mu);
-        return;
+        return 0;
     }
     if (release) {
         lk->detach = lk->release_on_detach = 1;
@@ -445,6 +454,7 @@ void consul_renew_stop(consul_lock *lk, int release)
             pthread_cond_wait(&cv, &mu);
     }
     pthread_mutex_unlock(&mu);
+    return 0;
 }
 
 /* At exit, locks still registered are released by the renewer, a few seconds at most. Then

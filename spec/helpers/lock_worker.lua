@@ -14,6 +14,10 @@
 --   lock_worker.lua ADDR stalled-exit|stalled-osexit KEY OUT GO
 --       takes KEY, writes "SESSION FENCE" to OUT, waits (60 s at most) for the file GO, then
 --       leaves like exit or osexit. The spec stops the agent (SIGSTOP) before creating GO.
+--   lock_worker.lua ADDR late-finalizer KEY OUT GO RESULT   (run by spec/helpers/atexit_host)
+--       like stalled-exit, and leaves a finalizer that calls lock:release() when the host
+--       closes the state from its own atexit handler, after the module's exit wait: it writes
+--       "OK ERR CODE" of that call to RESULT.
 --   lock_worker.lua ADDR wait KEY WAIT OUT
 --       waits up to WAIT seconds for KEY; writes "acquired TIME FENCE SESSION" (TIME: the
 --       wall clock, system.gettime(), right after acquiring) or "error ..." to OUT, releases.
@@ -78,14 +82,21 @@ elseif mode == "exit" or mode == "osexit" then
     os.exit(0)
   end
   -- the end of the script: lua_close collects the lock (and the client) and exits
-elseif mode == "stalled-exit" or mode == "stalled-osexit" then
-  local key, out, go = arg[3], arg[4], arg[5]
+elseif mode == "stalled-exit" or mode == "stalled-osexit" or mode == "late-finalizer" then
+  local key, out, go, result = arg[3], arg[4], arg[5], arg[6]
   HELD_LOCK = c:lock(key, { wait = 30, ttl = 15, lock_delay = 0 })
   if not HELD_LOCK then fail(out, "not acquired") end
   put_file(out, HELD_LOCK.session .. " " .. tostring(HELD_LOCK.fence) .. "\n")
   local deadline = system.monotime() + 60
   while not io.open(go, "rb") and system.monotime() < deadline do
     system.sleep(0.02)
+  end
+  if mode == "late-finalizer" then
+    -- made after HELD_LOCK: finalized before it (Lua 5.4 calls finalizers in reverse order)
+    LATE = setmetatable({}, { __gc = function()
+      local ok, err, meta = HELD_LOCK:release()
+      put_file(result, ("%s %s %s\n"):format(tostring(ok), tostring(err), tostring(meta and meta.code)))
+    end })
   end
   io.stderr:write(string.format("lock_worker: leaving at %.3f\n", system.monotime()))
   if mode == "stalled-osexit" then
