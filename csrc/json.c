@@ -14,6 +14,7 @@
 #include "consul.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,18 +27,20 @@ static const char empty_array_key = 0;
 
 /* ---- parsing ------------------------------------------------------------ */
 
-static int scan_numbers(consul_json *d, const char *t, size_t len)
+/* The next number token of the text from *pp (strings skipped), or NULL; *pp moves past it. */
+static const char *next_number(const char **pp, const char *end)
 {
-    const char *p = t, *end = t + len;
-    d->nnums = 0;
+    const char *p = *pp, *tok;
     while (p < end) {
         char ch = *p;
         if (ch == '"') {
             /* Jump to the closing quote: one not preceded by an odd run of backslashes. */
             for (;;) {
                 const char *q = memchr(p + 1, '"', (size_t)(end - p - 1)), *b;
-                if (q == NULL)
-                    return 0;  /* unterminated: cJSON will say so */
+                if (q == NULL) {
+                    *pp = end;
+                    return NULL;  /* unterminated: cannot be, cJSON parsed it */
+                }
                 for (b = q; b > p + 1 && b[-1] == '\\'; b--)
                     ;
                 p = q;
@@ -46,38 +49,35 @@ static int scan_numbers(consul_json *d, const char *t, size_t len)
             }
             p++;
         } else if (ch == '-' || (ch >= '0' && ch <= '9')) {
-            if (d->nnums == d->capnums) {
-                size_t cap = d->capnums ? d->capnums * 2 : 64;
-                size_t *n = realloc(d->nums, cap * sizeof *n);
-                if (n == NULL)
-                    return -1;
-                d->nums = n;
-                d->capnums = cap;
-            }
-            d->nums[d->nnums++] = (size_t)(p - t);
+            tok = p;
             while (p < end && ((*p >= '0' && *p <= '9') || *p == '-' || *p == '+' || *p == '.' ||
                                *p == 'e' || *p == 'E'))
                 p++;
+            *pp = p;
+            return tok;
         } else {
             p++;
         }
     }
-    return 0;
+    *pp = end;
+    return NULL;
 }
 
-static void number_nodes(cJSON *n, size_t *k, size_t max, int *ok)
+/* Both walks in document order at once: each number node's valueint becomes the offset of
+ * its token. No allocation. 0 ok, -1 when they disagree (cannot be for valid JSON). */
+static int number_nodes(cJSON *n, const char *t, const char **pp, const char *end)
 {
     for (; n != NULL; n = n->next) {
         if (cJSON_IsNumber(n)) {
-            if (*k < max)
-                n->valueint = (int)*k;
-            else
-                *ok = 0;
-            (*k)++;
-        } else if (n->child != NULL) {
-            number_nodes(n->child, k, max, ok);
+            const char *tok = next_number(pp, end);
+            if (tok == NULL || tok - t > INT_MAX)
+                return -1;
+            n->valueint = (int)(tok - t);
+        } else if (n->child != NULL && number_nodes(n->child, t, pp, end) != 0) {
+            return -1;
         }
     }
+    return 0;
 }
 
 int consul_json_parse(consul_json *d, const char *text, size_t len)
@@ -92,18 +92,14 @@ int consul_json_parse(consul_json *d, const char *text, size_t len)
     return 0;
 }
 
-/* The second walk, once per document: 1 when every number node has its token's index. */
+/* The second walk, once per document: 1 when every number node has its token's offset. */
 static int index_numbers(consul_json *d)
 {
-    size_t k = 0;
-    int ok = 1;
     if (d->indexed == 0) {
-        if (scan_numbers(d, d->text, d->len) != 0)
-            ok = 0;
-        else
-            number_nodes(d->root, &k, d->nnums, &ok);
+        const char *p = d->text, *end = d->text + d->len;
         /* a mismatch cannot happen for valid JSON; numbers are doubles then */
-        d->indexed = ok && k == d->nnums ? 1 : -1;
+        d->indexed = number_nodes(d->root, d->text, &p, end) == 0 &&
+                     next_number(&p, end) == NULL ? 1 : -1;
     }
     return d->indexed == 1;
 }
@@ -116,25 +112,21 @@ void consul_json_free(consul_json *d)
     }
     d->text = NULL;
     d->len = 0;
-    d->nnums = 0;
     d->indexed = 0;
 }
 
 void consul_json_release(consul_json *d)
 {
     consul_json_free(d);
-    free(d->nums);
-    d->nums = NULL;
-    d->nnums = d->capnums = 0;
 }
 
 static const char *int_token(consul_json *d, const cJSON *n)
 {
     const char *t;
     size_t i;
-    if (!index_numbers(d) || n->valueint < 0 || (size_t)n->valueint >= d->nnums)
+    if (!index_numbers(d) || n->valueint < 0 || (size_t)n->valueint >= d->len)
         return NULL;
-    t = d->text + d->nums[n->valueint];
+    t = d->text + n->valueint;
     for (i = (*t == '-'); t[i] >= '0' && t[i] <= '9'; i++)
         ;
     return (t[i] == '.' || t[i] == 'e' || t[i] == 'E') ? NULL : t;
@@ -142,12 +134,15 @@ static const char *int_token(consul_json *d, const cJSON *n)
 
 #define EXACT_DOUBLE 9007199254740992.0  /* 2^53 */
 
-/* 1 when n's double is an integer exact as it is (then in *out): below 2^53 in magnitude,
- * where doubles hold every integer. 2^53 itself is not: 9007199254740993 rounds to it. */
+/* Below 2^53 in magnitude doubles hold every integer, so there n's double says it all:
+ * 1 an integer (in *out), -1 not an integer. 0: at or above 2^53 (9007199254740993 rounds
+ * to 2^53), only the token can tell. */
 static int small_int(const cJSON *n, int64_t *out)
 {
     double v = n->valuedouble;
-    if (v > -EXACT_DOUBLE && v < EXACT_DOUBLE && v == (double)(int64_t)v) {
+    if (v > -EXACT_DOUBLE && v < EXACT_DOUBLE) {
+        if (v != (double)(int64_t)v)
+            return -1;
         *out = (int64_t)v;
         return 1;
     }
@@ -161,11 +156,14 @@ int consul_json_u64(consul_json *d, const cJSON *n, uint64_t *out)
     int64_t small;
     if (n == NULL || !cJSON_IsNumber(n))
         return -1;
-    if (small_int(n, &small)) {
+    switch (small_int(n, &small)) {
+    case 1:
         if (small < 0)
             return -1;
         *out = (uint64_t)small;
         return 0;
+    case -1:
+        return -1;
     }
     if ((t = int_token(d, n)) == NULL || *t == '-')
         return -1;
@@ -183,8 +181,12 @@ int consul_json_i64(consul_json *d, const cJSON *n, int64_t *out)
     long long v;
     if (n == NULL || !cJSON_IsNumber(n))
         return -1;
-    if (small_int(n, out))
+    switch (small_int(n, out)) {
+    case 1:
         return 0;
+    case -1:
+        return -1;
+    }
     if ((t = int_token(d, n)) == NULL)
         return -1;
     errno = 0;
