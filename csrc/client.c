@@ -23,7 +23,7 @@ static void client_release(consul_client *c)
     consul_buf_free(&c->path);
     consul_buf_free(&c->query);
     consul_buf_free(&c->enc);
-    consul_json_release(&c->doc);
+    consul_json_free(&c->doc);
     if (c->headers != NULL) {
         curl_slist_free_all(c->headers);
         c->headers = NULL;

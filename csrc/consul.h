@@ -185,7 +185,6 @@ typedef struct consul_json {
 
 int consul_json_parse(consul_json *d, const char *text, size_t len);  /* 0 ok, -1 bad JSON */
 void consul_json_free(consul_json *d);
-void consul_json_release(consul_json *d);                             /* frees all */
 /* Exact value of an integer number node: 0 ok, -1 not an integer that fits 64 bits. */
 int consul_json_u64(consul_json *d, const cJSON *n, uint64_t *out);
 int consul_json_i64(consul_json *d, const cJSON *n, int64_t *out);

@@ -1,11 +1,11 @@
 /*
  * json.c: JSON in both directions.
  *
- * Decoding uses cJSON, which keeps numbers as doubles: 64-bit Flags and Raft indexes above
- * 2^53 would be rounded. Integers up to 2^53 are exact as doubles and read from them. The
- * first time a larger one is read, the text's number tokens are found, in document order, and
- * each number node's valueint is replaced by the index of its token: any integer can then be
- * read again exactly from its own digits. cJSON's children keep document order, so the two
+ * Decoding uses cJSON, which keeps numbers as doubles: 64-bit Flags and Raft indexes at or
+ * above 2^53 would be rounded. Integers below 2^53 are exact as doubles and read from them.
+ * The first time a larger one is read, the text's number tokens are found, in document order,
+ * and each number node's valueint is replaced by the offset of its token: any integer can then
+ * be read again exactly from its own digits. cJSON's children keep document order, so the two
  * walks agree. Most answers (a KV list, say) never need the second walk.
  *
  * Encoding writes Lua values straight into a consul_buf (owned by the client, so an error
@@ -113,11 +113,6 @@ void consul_json_free(consul_json *d)
     d->text = NULL;
     d->len = 0;
     d->indexed = 0;
-}
-
-void consul_json_release(consul_json *d)
-{
-    consul_json_free(d);
 }
 
 static const char *int_token(consul_json *d, const cJSON *n)
@@ -335,26 +330,24 @@ static void push_value(lua_State *L, consul_json *d, cJSON *n, int flags, keycac
     case cJSON_NULL: lua_pushlightuserdata(L, NULL_UD); break;
     case cJSON_Number: push_number(L, d, n); break;
     case cJSON_String: lua_pushstring(L, n->valuestring); break;
-    case cJSON_Array:
-        if (cJSON_IsObject(n->child) && n->child->next != NULL) {
-            keycache own;
+    case cJSON_Array: {
+        /* several objects: their keys go through a cache of this array's own */
+        int cached = cJSON_IsObject(n->child) && n->child->next != NULL;
+        keycache own;
+        if (cached) {
             memset(&own, 0, sizeof own);
             lua_createtable(L, KEYS, 0);
             own.idx = lua_gettop(L);
-            lua_createtable(L, cJSON_GetArraySize(n), 0);
-            for (c = n->child; c != NULL; c = c->next) {
-                push_value(L, d, c, flags, cJSON_IsObject(c) ? &own : NULL);
-                lua_rawseti(L, -2, (int)++i);
-            }
-            lua_remove(L, own.idx);
-            break;
         }
         lua_createtable(L, cJSON_GetArraySize(n), 0);
         for (c = n->child; c != NULL; c = c->next) {
-            push_value(L, d, c, flags, NULL);
+            push_value(L, d, c, flags, cached && cJSON_IsObject(c) ? &own : NULL);
             lua_rawseti(L, -2, (int)++i);
         }
+        if (cached)
+            lua_remove(L, own.idx);
         break;
+    }
     case cJSON_Object: push_object(L, d, n, flags, kc); break;
     default: lua_pushnil(L); break;
     }

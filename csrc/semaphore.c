@@ -197,7 +197,7 @@ int consul_sem_acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
         }
         if ((rc = consul_att_parse(a)) != CONSUL_OK)
             goto done;
-        consul_json_release(&s->value);
+        consul_json_free(&s->value);
         memset(s, 0, sizeof *s);
         rec = find_lock_record(lk, &a->doc);
         s->limit = lk->limit;
@@ -264,7 +264,7 @@ done:
         a->rs = keep;
         memcpy(a->msg, msg, sizeof msg);
     }
-    consul_json_release(&s->value);
+    consul_json_free(&s->value);
     free(s);
     consul_buf_free(&body);
     return rc;
@@ -284,7 +284,7 @@ int consul_sem_check(consul_lock *lk, consul_json *doc)
         if (find_holder(s, lk->session) >= 0)
             ours = 1;
     }
-    consul_json_release(&s->value);
+    consul_json_free(&s->value);
     free(s);
     return ours;
 }
@@ -313,7 +313,7 @@ int consul_sem_release(consul_lock *lk, attempt *a)
         if (consul_att_parse(a) != CONSUL_OK || !cJSON_IsArray(a->doc.root) ||
             (rec = a->doc.root->child) == NULL)
             break;
-        consul_json_release(&s->value);
+        consul_json_free(&s->value);
         memset(s, 0, sizeof *s);
         if (decode_lock(lk, &a->doc, rec, s) != 0 || (i = find_holder(s, lk->session)) < 0)
             break;
@@ -329,7 +329,7 @@ int consul_sem_release(consul_lock *lk, attempt *a)
     if (lk->session[0] != '\0' && kv_path(lk, path, sizeof path, lk->session) == 0 &&
         consul_att_send(a, "DELETE", path, NULL, NULL, 0, 0) != CONSUL_OK && rc == CONSUL_OK)
         rc = consul_att_failed(a);
-    consul_json_release(&s->value);
+    consul_json_free(&s->value);
     free(s);
     consul_buf_free(&body);
     return rc;

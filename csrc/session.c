@@ -150,7 +150,7 @@ int64_t consul_att_lock_delay(attempt *a, const char *id)
 
 void consul_att_release(attempt *a)
 {
-    consul_json_release(&a->doc);
+    consul_json_free(&a->doc);
     consul_buf_free(&a->body);
 }
 
