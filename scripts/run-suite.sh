@@ -23,7 +23,7 @@ ulimit -c unlimited 2>/dev/null || true
 CONSUL_TEST_PROGRESS=$progress scripts/with-agent.sh "$@" 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
 
-summary=$(sed 's/\x1b\[[0-9;]*m//g' "$out" | grep -E '^[0-9]+ success(es)? / [0-9]+ failures? / [0-9]+ errors? / [0-9]+ pending' | tail -n 1)
+summary=$(scripts/summary.sh --line "$out")
 why=""
 if [ -z "$summary" ]; then
   why="the run ended without busted's summary"
