@@ -16,23 +16,8 @@ local json = require("dkjson")
 
 local TIMEOUT = 60  -- generous: the suite also runs under valgrind
 
-local function sleep(s)
-  agent.sh("sleep " .. tostring(s))
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function write_file(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
+local util = require("spec.helpers.util")
+local read_file, write_file = util.read_file, util.write_file
 
 -- is the process alive (a zombie is dead)?
 local function alive(pid)
@@ -44,13 +29,7 @@ end
 
 -- polls fn() until it returns a true value (every 0.1 s, up to `secs`); returns its value
 local function eventually(secs, fn)
-  local v
-  for _ = 1, secs * 10 do
-    v = fn()
-    if v then return v end
-    sleep(0.1)
-  end
-  return v
+  return util.wait_until(secs, fn, 0.1)
 end
 
 local function raw_json(a, method, path, body, token)

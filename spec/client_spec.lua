@@ -8,6 +8,7 @@
 -- in child processes running the same interpreter as this run.
 local consul = require("consul")
 local agent = require("spec.helpers.agent")
+local util = require("spec.helpers.util")
 
 local PREFIX = "spec/client/"
 -- valgrind and ASan runs: fewer repetitions
@@ -48,25 +49,9 @@ local function now()
   return tonumber(ns) / 1e9
 end
 
-local function write_file(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
+local write_file = util.write_file
 
--- Asserts that f raises an error matching pattern, positioned at f's own line in this file.
--- f must be a one-line function whose statement is the bad call (not `return`ed: a tail
--- call loses the caller's line).
-local function raises(pattern, f)
-  local ok, err = pcall(f)
-  assert.is_false(ok, "expected an error matching " .. pattern)
-  err = tostring(err)
-  local line = debug.getinfo(f, "S").linedefined
-  assert.matches("client_spec%.lua:" .. line .. ": ", err, 1, false,
-    "error not at the caller's line " .. line .. ": " .. err)
-  assert.matches(pattern, err)
-  return err
-end
+local raises = util.raises
 
 -- Does the string s occur anywhere in v (strings, keys and values of nested tables)?
 local function contains(v, s, seen)
@@ -1003,7 +988,7 @@ describe("consul client", function()
         collectgarbage("collect")
         local prev = fds()
         for _ = 1, 25 do
-          require("spec.helpers.util").sleep(0.2)
+          util.sleep(0.2)
           local n = fds()
           if n == prev then return n end
           prev = n

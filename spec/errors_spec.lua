@@ -24,19 +24,7 @@ local function esc(s)
   return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
 end
 
--- Asserts that f raises an error matching pattern, positioned at f's own line in this file.
--- f must be a one-line function whose statement is the bad call (not `return`ed: a tail
--- call loses the caller's line).
-local function raises(pattern, f)
-  local ok, err = pcall(f)
-  assert.is_false(ok, "expected an error matching " .. pattern)
-  err = tostring(err)
-  local line = debug.getinfo(f, "S").linedefined
-  assert.matches("errors_spec%.lua:" .. line .. ": ", err, 1, false,
-    "error not at the caller's line " .. line .. ": " .. err)
-  assert.matches(pattern, err)
-  return err
-end
+local raises = require("spec.helpers.util").raises
 
 -- A failure: nil, a one-line "consul: " message, meta with code (and status when given).
 local function failed(code, status, r, err, meta)

@@ -263,13 +263,7 @@ describe("consul locks", function()
 
     it("unknown or bad options raise at the caller's line", function()
       local key = P .. "opts/bad/.lock"
-      local function raises(pattern, f)
-        local line = debug.getinfo(f, "S").linedefined
-        local ok, err = pcall(f)
-        assert.is_false(ok)
-        assert.matches(pattern, err)
-        assert.matches("lock_spec%.lua:" .. line .. ": ", err)
-      end
+      local raises = util.raises
       raises("bad option 'bogus'", function() c:lock(key, { bogus = 1 }) end)
       raises("bad option 'wait'", function() c:lock(key, { wait = -1 }) end)
       raises("bad option 'behavior'", function() c:lock(key, { behavior = "x" }) end)
@@ -847,31 +841,41 @@ describe("consul locks", function()
         end)
     end
 
+    -- A child holding a lock on an agent of its own, which is stopped (SIGSTOP) before the
+    -- child is told to leave (the file GO): the release at exit cannot be answered. start
+    -- runs the child (kids, key, out, go). Returns the key and how long the child took to
+    -- exit, once it exited with status 0.
+    local function stalled_child(name, start)
+      local a = agent.start()
+      defer(function() a:stop() end)
+      defer(function() os.execute("kill -CONT " .. a.pid .. " 2>/dev/null") end)
+      local key = P .. "exit/" .. name .. "/.lock"
+      local out, go = TMP .. "/" .. name .. ".out", TMP .. "/" .. name .. ".go"
+      local kids = children.new(TMP, WORKER, a.addr)
+      defer(function() kids:kill_all() end)
+      local child = start(kids, key, out, go)
+      assert(out_of(out, 30), "the child did not report: " .. log_of(child))
+      assert.matches("^%S+ %d+", read_file(out))
+      local stopped = os.execute("kill -STOP " .. a.pid)
+      assert(stopped == true or stopped == 0, "kill -STOP " .. a.pid .. " failed")
+      util.write_file(go, "")
+      local t0 = now()
+      local rc = wait_exit(child, 20)
+      local elapsed = now() - t0
+      assert(rc, "the child did not exit within 20 s: " .. log_of(child))
+      assert.are.equal(0, rc, log_of(child))
+      return key, elapsed
+    end
+
     for _, mode in ipairs({ "stalled-exit", "stalled-osexit" }) do
       local how = mode == "stalled-exit" and "the end of its script" or "os.exit(0)"
       it("a child leaving through " .. how .. " while its agent hangs (SIGSTOP) exits 0 within ~3 s",
         function()
-          -- the release at exit cannot be answered: the process waits 3 s for it, no more,
-          -- and leaves cleanly (the renewer, still inside its request, is parked)
-          local a = agent.start()
-          defer(function() a:stop() end)
-          defer(function() os.execute("kill -CONT " .. a.pid .. " 2>/dev/null") end)
-          local key = P .. "exit/" .. mode .. "/.lock"
-          local out, go = TMP .. "/" .. mode .. ".out", TMP .. "/" .. mode .. ".go"
-          local kids = children.new(TMP, WORKER, a.addr)
-          defer(function() kids:kill_all() end)
-          local child = kids:worker(mode, mode, key, out, go)
-          assert(out_of(out, 30), "the child did not report: " .. log_of(child))
-          assert.matches("^%S+ %d+", read_file(out))
-          local stopped = os.execute("kill -STOP " .. a.pid)
-          assert(stopped == true or stopped == 0, "kill -STOP " .. a.pid .. " failed")
-          local f = assert(io.open(go, "wb"))
-          f:close()
-          local t0 = now()
-          local rc = wait_exit(child, 20)
-          local elapsed = now() - t0
-          assert(rc, "the child did not exit within 20 s: " .. log_of(child))
-          assert.are.equal(0, rc, log_of(child))
+          -- the process waits 3 s for the release, no more, and leaves cleanly (the renewer,
+          -- still inside its request, is parked)
+          local _, elapsed = stalled_child(mode, function(kids, key, out, go)
+            return kids:worker(mode, mode, key, out, go)
+          end)
           assert.is_true(elapsed >= 2.5, "left after " .. elapsed .. " s: did it wait for the release?")
           assert.is_true(elapsed < slack(6, 10), "left after " .. elapsed .. " s")
           note("%s with the agent stopped: the child left after %.2f s, status 0", how, elapsed)
@@ -893,25 +897,14 @@ describe("consul locks", function()
           local ccout = p:read("*a")
           p:close()
           assert(io.open(host, "rb"), "building atexit_host failed: " .. ccout)
-          local a = agent.start()
-          defer(function() a:stop() end)
-          defer(function() os.execute("kill -CONT " .. a.pid .. " 2>/dev/null") end)
-          local key = P .. "exit/late-finalizer/.lock"
-          local out, go, result = TMP .. "/late.out", TMP .. "/late.go", TMP .. "/late.result"
-          local kids = children.new(TMP, WORKER, a.addr)
-          defer(function() kids:kill_all() end)
-          local child = kids:spawn("late-finalizer", table.concat({ host, WORKER, a.addr,
-            "late-finalizer", key, out, go, result }, " "))
-          assert(out_of(out, 30), "the child did not report: " .. log_of(child))
-          local stopped = os.execute("kill -STOP " .. a.pid)
-          assert(stopped == true or stopped == 0, "kill -STOP " .. a.pid .. " failed")
-          local f = assert(io.open(go, "wb"))
-          f:close()
-          local rc = wait_exit(child, 20)
-          assert(rc, "the child did not exit within 20 s: " .. log_of(child))
-          assert.are.equal(0, rc, log_of(child))
+          local result = TMP .. "/late-finalizer.result"
+          local key = stalled_child("late-finalizer", function(kids, k, out, go)
+            local args = { host, WORKER, kids.addr, "late-finalizer", k, out, go, result }
+            for i, x in ipairs(args) do args[i] = agent.quote(x) end
+            return kids:spawn("late-finalizer", table.concat(args, " "))
+          end)
           local r = read_file(result)
-          assert(r, "the late finalizer did not run: " .. log_of(child))
+          assert(r, "the late finalizer did not run")
           assert.matches("^nil consul: lock " .. key:gsub("%p", "%%%0") .. ": the process is exiting timeout\n$", r)
           note("late finalizer: release() said %q; the host exited 0", r:gsub("\n$", ""))
         end)

@@ -42,11 +42,7 @@ local function read_file(path)
   return s
 end
 
-local function write_file(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
+local write_file = require("spec.helpers.util").write_file
 
 local function run(cmd)
   local out, rc = agent.sh(cmd .. " </dev/null 2>&1")

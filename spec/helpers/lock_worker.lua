@@ -30,13 +30,7 @@ local system = require("system")
 
 local addr, mode = arg[1], arg[2]
 
-local function put_file(path, text)
-  local tmp = path .. ".tmp"
-  local f = assert(io.open(tmp, "wb"))
-  f:write(text)
-  f:close()
-  assert(os.rename(tmp, path))
-end
+local put_file = require("spec.helpers.util").put_file
 
 local function fail(out, msg)
   pcall(put_file, out, "error " .. tostring(msg) .. "\n")

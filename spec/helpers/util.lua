@@ -46,6 +46,35 @@ function M.read_file(path)
   return s
 end
 
+function M.write_file(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+-- Writes path.tmp, then renames it to path: a reader never sees half of it.
+function M.put_file(path, text)
+  local tmp = path .. ".tmp"
+  M.write_file(tmp, text)
+  assert(os.rename(tmp, path))
+end
+
+-- Asserts that f raises an error matching pattern, positioned at f's own line in its file.
+-- f must be a one-line function whose statement is the bad call (not `return`ed: a tail
+-- call loses the caller's line).
+function M.raises(pattern, f)
+  local luassert = require("luassert")
+  local ok, err = pcall(f)
+  luassert.is_false(ok, "expected an error matching " .. pattern)
+  err = tostring(err)
+  local info = debug.getinfo(f, "S")
+  local file = (info.short_src:match("([^/]*)$"):gsub("%p", "%%%0"))
+  luassert.matches(file .. ":" .. info.linedefined .. ": ", err, 1, false,
+    "error not at the caller's line " .. info.linedefined .. ": " .. err)
+  luassert.matches(pattern, err)
+  return err
+end
+
 -- Polls fn every `step` seconds until it returns a truthy value (returned) or `timeout` passes.
 function M.wait_until(timeout, fn, step)
   local deadline = M.now() + timeout
