@@ -38,11 +38,7 @@ end
 describe("consul kv", function()
   local A, c
 
-  local function raw(method, path, body)
-    local status, out = agent.http(A, method, path, body)
-    assert(status, out)
-    return status, out
-  end
+  local function raw(method, path, body) return agent.raw(A, method, path, body) end
 
   -- the stored value's bytes, or nil when absent
   local function raw_value(key)

@@ -21,7 +21,6 @@
 local consul = require("consul")
 local agent = require("spec.helpers.agent")
 local defer = require("spec.helpers.util").defer  -- every cleanup, not only the last
-local json = require("dkjson")
 local system = require("system")
 
 local util = require("spec.helpers.util")
@@ -43,20 +42,10 @@ describe("consul locks", function()
   local A, c, c2
   local TMP
 
-  local function raw(method, path, body)
-    local status, out = agent.http(A, method, path, body)
-    assert(status, out)
-    return status, out
-  end
+  local function raw(method, path, body) return agent.raw(A, method, path, body) end
 
-  -- the key's record (decoded by dkjson, independent of the module), or nil when absent
-  local function raw_record(key)
-    local status, body = raw("GET", "/v1/kv/" .. path_of(key))
-    if status == 404 then return nil end
-    assert.are.equal(200, status)
-    local t = assert(json.decode(body))
-    return t[1], body
-  end
+  -- the key's record (decoded by dkjson, independent of the module) and its text, or nil
+  local function raw_record(key) return agent.kv_record(A, key) end
 
   local function raw_session(id) return sessions.raw(A, id) end
 

@@ -244,6 +244,22 @@ end
 
 -- GET path, decoded from JSON (dkjson, independent of the module); nil for a 404. Fails on
 -- any other status.
+-- M.http that raises when the request could not be made: status, body.
+function M.raw(a, method, path, body, token)
+  local status, out = M.http(a, method, path, body, token)
+  assert(status, out)
+  return status, out
+end
+
+-- The KV record of key as Consul's JSON has it (decoded by dkjson, independent of the module)
+-- and its raw text; nil when absent.
+function M.kv_record(a, key)
+  local status, body = M.raw(a, "GET", "/v1/kv/" .. require("spec.helpers.util").path_of(key))
+  if status == 404 then return nil end
+  assert(status == 200, key .. ": " .. tostring(status) .. " " .. tostring(body))
+  return assert(require("dkjson").decode(body))[1], body
+end
+
 function M.get_json(a, path)
   local status, body = M.http(a, "GET", path)
   assert(status, body)
