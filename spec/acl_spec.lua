@@ -45,21 +45,9 @@ describe("consul acl", function()
 
   -- asserts a failure of the module's shape; returns err
   -- (the call goes last, so all its results arrive: fails("GET", path, 403, why, c.acl:x(...)))
+  local fails = require("spec.helpers.util").fails
   local function failed(res, err, meta, method, path, status, why)
-    assert.is_nil(res)
-    assert.is_string(err)
-    assert.is_table(meta)
-    assert.are.equal("http", meta.code)
-    assert.are.equal(status, meta.status)
-    local head = "consul: " .. method .. " " .. path .. ": " .. status
-    assert.are.equal(head, err:sub(1, #head))
-    if why then assert.matches(why, err, 1, true) end
-    assert.is_nil(err:find("\n", 1, true))
-    return err
-  end
-
-  local function fails(method, path, status, why, res, err, meta)
-    return failed(res, err, meta, method, path, status, why)
+    return fails(method, path, status, why, res, err, meta)
   end
 
   local function absent(res, err, meta)

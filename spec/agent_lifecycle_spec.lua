@@ -49,18 +49,7 @@ local function raw_member(a, name, wan)
   return nil
 end
 
--- asserts the module's failure shape (the call last, so all its results arrive)
-local function fails(method, path, status, why, res, err, meta)
-  assert.is_nil(res)
-  assert.is_string(err)
-  assert.is_table(meta)
-  assert.are.equal("http", meta.code)
-  assert.are.equal(status, meta.status)
-  local head = "consul: " .. method .. " " .. path .. ": " .. status
-  assert.are.equal(head, err:sub(1, #head))
-  if why then assert.matches(why, err, 1, true) end
-  return err
-end
+local fails = util.fails
 
 -- Serf member status codes
 local ALIVE, LEFT, FAILED = 1, 3, 4

@@ -28,19 +28,7 @@ local function raw_json(a, method, path, body)
   return status, json.decode(out), out
 end
 
--- asserts the module's failure shape (the call last, so all its results arrive)
-local function fails(method, path, status, why, res, err, meta)
-  assert.is_nil(res)
-  assert.is_string(err)
-  assert.is_table(meta)
-  assert.are.equal("http", meta.code)
-  assert.are.equal(status, meta.status)
-  local head = "consul: " .. method .. " " .. path .. ": " .. status
-  assert.are.equal(head, err:sub(1, #head))
-  if why then assert.matches(why, err, 1, true) end
-  assert.is_nil(err:find("\n", 1, true))
-  return err
-end
+local fails = require("spec.helpers.util").fails
 
 -- the keyring answer as { ["LAN"|"WAN"] = { keys = {k=n}, primary = {k=n}, nodes = n } }
 local function rings(list)

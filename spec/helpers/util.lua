@@ -75,6 +75,24 @@ function M.raises(pattern, f)
   return err
 end
 
+-- Asserts the module's failure shape for an HTTP error answer: nil, a one-line err starting
+-- "consul: METHOD PATH: STATUS" (and holding why, when given), meta.code "http" and
+-- meta.status. The call goes last, so all its results arrive:
+--   util.fails("GET", path, 403, "Permission denied", c.acl:x(...))
+function M.fails(method, path, status, why, res, err, meta)
+  local luassert = require("luassert")
+  luassert.is_nil(res)
+  luassert.is_string(err)
+  luassert.is_table(meta)
+  luassert.are.equal("http", meta.code)
+  luassert.are.equal(status, meta.status)
+  local head = "consul: " .. method .. " " .. path .. ": " .. status
+  luassert.are.equal(head, err:sub(1, #head))
+  if why then luassert.matches(why, err, 1, true) end
+  luassert.is_nil(err:find("\n", 1, true))
+  return err
+end
+
 -- Polls fn every `step` seconds until it returns a truthy value (returned) or `timeout` passes.
 function M.wait_until(timeout, fn, step)
   local deadline = M.now() + timeout
