@@ -1,7 +1,8 @@
 /*
  * buf.c: growable byte buffers and the byte-level encodings the wire needs: percent-escaping
  * of path segments and query values, base64 for KV values inside JSON, Go durations.
- * Knows nothing of Lua or libcurl.
+ * Knows nothing of Lua or libcurl. Everything that goes out is escaped here, for where it goes,
+ * whoever it came from (the caller, or the server: a session ID, a semaphore's holders).
  */
 #include "consul.h"
 
@@ -110,6 +111,64 @@ int consul_buf_add_escaped(consul_buf *b, const char *s, size_t n, int keep_slas
     b->len = (size_t)(o - b->data);
     b->data[b->len] = '\0';
     return 0;
+}
+
+int consul_buf_add_json_string(consul_buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t i, run = 0;
+    if (consul_buf_reserve(b, n + 2) != 0 || consul_buf_add(b, "\"", 1) != 0)
+        return -1;
+    for (i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        char e[6] = { '\\', 0, '0', '0', hex[ch >> 4], hex[ch & 15] };
+        size_t elen = 2;
+        if (ch >= 0x20 && ch != '"' && ch != '\\' && ch != 0x7f)
+            continue;
+        switch (ch) {
+        case '"': e[1] = '"'; break;
+        case '\\': e[1] = '\\'; break;
+        case '\n': e[1] = 'n'; break;
+        case '\r': e[1] = 'r'; break;
+        case '\t': e[1] = 't'; break;
+        default: e[1] = 'u', elen = 6;
+        }
+        if (consul_buf_add(b, s + run, i - run) != 0 || consul_buf_add(b, e, elen) != 0)
+            return -1;
+        run = i + 1;
+    }
+    return consul_buf_add(b, s + run, n - run) != 0 ? -1 : consul_buf_add(b, "\"", 1);
+}
+
+int consul_buf_add_printable(consul_buf *b, const char *s, size_t n, size_t max)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t i;
+    for (i = 0; i < n && i < max; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch < 0x20 || ch == 0x7f || ch == '\\') {
+            char e[4] = { '\\', 'x', hex[ch >> 4], hex[ch & 15] };
+            if (consul_buf_add(b, e, 4) != 0)
+                return -1;
+        } else if (consul_buf_add(b, s + i, 1) != 0) {
+            return -1;
+        }
+    }
+    return i < n ? consul_buf_adds(b, "...") : 0;
+}
+
+int consul_valid_id(const char *s, size_t n)
+{
+    size_t i;
+    if (n == 0 || n > 63)
+        return 0;
+    for (i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F') ||
+              ch == '-'))
+            return 0;
+    }
+    return 1;
 }
 
 static const char b64chars[] =
@@ -261,4 +320,15 @@ int64_t consul_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void consul_millisleep(int64_t ms)
+{
+    struct timespec ts;
+    if (ms <= 0)
+        return;
+    ts.tv_sec = (time_t)(ms / 1000);
+    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+    while (nanosleep(&ts, &ts) != 0)
+        ;
 }

@@ -1,11 +1,11 @@
 /*
- * client.c: the consul.Client userdata. consul.new() and its options and environment
- * variables, the per-call options every method takes, and consul_client_call: the one path
- * by which every method sends its request and turns the answer into result, err, meta.
+ * client.c: the consul.Client userdata: consul.new() and its options and environment
+ * variables, c:request, c:stats, c:close, and the group objects (c.kv, c.agent, ...).
  *
- * The client owns all scratch memory a call needs (path, query, body, parsed answer, extra
- * headers), so an error raised while Lua values are pushed leaks nothing: the next call or
- * close() frees it.
+ * A client owns a configuration (shared by reference count with its calls in flight and
+ * its locks), its connection, and the memory of its last call, kept for the next one. The
+ * calls themselves are ops (op.c): closing a client while one of its calls is in flight
+ * (from a finalizer, or in nginx from another request) frees nothing a call still uses.
  */
 #include "consul.h"
 
@@ -20,13 +20,10 @@
 static void client_release(consul_client *c)
 {
     consul_http_release(&c->http);
-    consul_buf_free(&c->path);
-    consul_buf_free(&c->query);
-    consul_buf_free(&c->enc);
-    consul_json_free(&c->doc);
-    if (c->headers != NULL) {
-        curl_slist_free_all(c->headers);
-        c->headers = NULL;
+    if (c->spare != NULL) {
+        consul_mach_release(&c->spare->m);
+        free(c->spare);
+        c->spare = NULL;
     }
     if (c->conf != NULL) {
         consul_conf_release(c->conf);
@@ -39,27 +36,39 @@ consul_client *consul_checkclient(lua_State *L, int idx)
 {
     consul_client *c = luaL_checkudata(L, idx, CONSUL_CLIENT_MT);
     if (c->closed)
-        luaL_error(L, "consul client is closed");  /* does not return */
+        consul_error(L, "consul client is closed");  /* does not return */
     return c;
 }
 
-consul_client *consul_group_client(lua_State *L)
+consul_client *consul_group_client(lua_State *L, int n)
 {
     consul_client *c;
-    luaL_checktype(L, 1, LUA_TTABLE);  /* c.kv:get(...), not c.kv.get(...) */
-    lua_rawgeti(L, 1, 1);
+    consul_checktype(L, 1, LUA_TTABLE);  /* c.kv:get(...), not c.kv.get(...) */
+    lua_settop(L, n);
+    lua_rawgeti(L, 1, 1);              /* kept on the stack: the client stays alive */
     c = consul_testudata(L, -1, CONSUL_CLIENT_MT);
     if (c == NULL)
-        luaL_argerror(L, 1, "expected a consul group object (call it with ':')");
-    lua_pop(L, 1);  /* the group object keeps the client alive */
+        consul_argerror(L, 1, "expected a consul group object (call it with ':')");
     if (c->closed)
-        luaL_error(L, "consul client is closed");
+        consul_error(L, "consul client is closed");
     return c;
 }
 
+/* __gc and __close: never raise */
 static int client_gc(lua_State *L)
 {
+    consul_client *c = consul_testudata(L, 1, CONSUL_CLIENT_MT);
+    if (c != NULL)
+        client_release(c);
+    return 0;
+}
+
+/* c:close(): idempotent */
+static int client_close(lua_State *L)
+{
     consul_client *c = luaL_checkudata(L, 1, CONSUL_CLIENT_MT);
+    if (lua_gettop(L) > 1)
+        return consul_error(L, "too many arguments to 'close' (none expected)");
     client_release(c);
     return 0;
 }
@@ -78,6 +87,8 @@ static int client_tostring(lua_State *L)
 static int client_stats(lua_State *L)
 {
     consul_client *c = consul_checkclient(L, 1);
+    if (lua_gettop(L) > 1)
+        return consul_error(L, "too many arguments to 'stats' (none expected)");
     lua_createtable(L, 0, 2);
     lua_pushinteger(L, (lua_Integer)c->requests);
     lua_setfield(L, -2, "requests");
@@ -88,11 +99,11 @@ static int client_stats(lua_State *L)
 
 /* ---- consul.new ---------------------------------------------------------- */
 
-void consul_set_str(lua_State *L, char **field, const char *s, size_t n)
+static void consul_set_str(lua_State *L, char **field, const char *s, size_t n)
 {
     char *p = malloc(n + 1);
     if (p == NULL)
-        luaL_error(L, "not enough memory");
+        consul_error(L, "not enough memory");
     memcpy(p, s, n);
     p[n] = '\0';
     free(*field);
@@ -106,9 +117,11 @@ static const char *opt_str(lua_State *L, const char *name, const char *env, size
     lua_getfield(L, 1, name);
     if (!lua_isnil(L, -1)) {
         if (lua_type(L, -1) != LUA_TSTRING)
-            luaL_error(L, "bad option '%s' to 'new' (string expected, got %s)", name,
+            consul_error(L, "bad option '%s' to 'new' (string expected, got %s)", name,
                        luaL_typename(L, -1));
         v = lua_tolstring(L, -1, len);
+        if (memchr(v, '\0', *len) != NULL)
+            consul_error(L, "bad option '%s' to 'new' (NUL bytes are not allowed)", name);
         lua_pop(L, 1);  /* still referenced by the options table */
         return v;
     }
@@ -140,7 +153,7 @@ static void check_token(lua_State *L, const char *t, size_t n, const char *from)
     size_t i;
     for (i = 0; i < n; i++)
         if ((unsigned char)t[i] < 0x20 || t[i] == 0x7f)
-            luaL_error(L, "bad token from %s: control characters are not allowed", from);
+            consul_error(L, "bad token from %s: control characters are not allowed", from);
 }
 
 static void read_token_file(lua_State *L, consul_conf *cf, const char *path)
@@ -149,9 +162,18 @@ static void read_token_file(lua_State *L, consul_conf *cf, const char *path)
     size_t n;
     FILE *f = fopen(path, "rb");
     if (f == NULL)
-        luaL_error(L, "cannot read token file '%s'", path);
+        consul_error(L, "cannot read token file '%s'", path);
     n = fread(buf, 1, sizeof buf - 1, f);
+    if (n == sizeof buf - 1 && fgetc(f) != EOF) {
+        fclose(f);
+        memset(buf, 0, sizeof buf);
+        consul_error(L, "token file '%s' is too large for a token", path);
+    }
     fclose(f);
+    if (memchr(buf, '\0', n) != NULL) {
+        memset(buf, 0, sizeof buf);
+        consul_error(L, "bad token from token file: NUL bytes are not allowed");
+    }
     while (n > 0 && isspace((unsigned char)buf[n - 1]))
         n--;
     buf[n] = '\0';
@@ -169,7 +191,7 @@ static void read_token_file(lua_State *L, consul_conf *cf, const char *path)
 static const char *const new_options[] = {
     "addr", "host", "port", "scheme", "token", "token_file", "dc", "datacenter", "timeout",
     "verify", "ca_file", "ca_path", "cert_file", "key_file", "tls_server_name", "consistency",
-    NULL
+    "max_answer", NULL
 };
 
 static void check_option_names(lua_State *L)
@@ -183,9 +205,9 @@ static void check_option_names(lua_State *L)
                 known = strcmp(new_options[i], lua_tostring(L, -1)) == 0;
         if (!known) {
             if (lua_type(L, -1) == LUA_TSTRING)
-                luaL_error(L, "bad argument #1 to 'new' (unknown option '%s')",
+                consul_error(L, "bad argument #1 to 'new' (unknown option '%s')",
                            lua_tostring(L, -1));
-            luaL_error(L, "bad argument #1 to 'new' (option names are strings)");
+            consul_error(L, "bad argument #1 to 'new' (option names are strings)");
         }
     }
 }
@@ -200,19 +222,20 @@ static void parse_addr(lua_State *L, consul_conf *cf, const char *addr, int http
 
     if (strncmp(addr, "unix://", 7) == 0) {
         if (addr[7] == '\0')
-            luaL_error(L, "bad option 'addr' to 'new' (empty unix socket path)");
+            consul_error(L, "bad option 'addr' to 'new' (empty unix socket path)");
         consul_set_str(L, &cf->unix_path, addr + 7, strlen(addr + 7));
         consul_set_str(L, &cf->hostport, addr, strlen(addr));
         consul_set_str(L, &cf->base_url, "http://localhost", 16);
+        consul_set_str(L, &cf->host_header, "localhost", 9);
         return;
     }
     if (host[0] == '[') {
         const char *close = strchr(host, ']');
         if (close == NULL)
-            luaL_error(L, "bad option 'addr' to 'new' (unterminated '[')");
+            consul_error(L, "bad option 'addr' to 'new' (unterminated '[')");
         colon = close[1] == ':' ? close + 1 : NULL;
         if (close[1] != '\0' && close[1] != ':')
-            luaL_error(L, "bad option 'addr' to 'new' ('%s')", addr);
+            consul_error(L, "bad option 'addr' to 'new' ('%s')", addr);
     } else {
         colon = strrchr(host, ':');
     }
@@ -221,15 +244,15 @@ static void parse_addr(lua_State *L, consul_conf *cf, const char *addr, int http
         hostlen = (size_t)(colon - host);
         if (*port == '\0' || strlen(port) > 5 || strspn(port, "0123456789") != strlen(port) ||
             atol(port) > 65535 || atol(port) == 0)
-            luaL_error(L, "bad option 'addr' to 'new' (bad port in '%s')", addr);
+            consul_error(L, "bad option 'addr' to 'new' (bad port in '%s')", addr);
     } else {
         port = "8500";
         hostlen = strlen(host);
     }
     if (hostlen == 0)
-        luaL_error(L, "bad option 'addr' to 'new' (no host in '%s')", addr);
+        consul_error(L, "bad option 'addr' to 'new' (no host in '%s')", addr);
     if (strpbrk(addr, "/?#@ \t\r\n") != NULL)
-        luaL_error(L, "bad option 'addr' to 'new' ('%s' is not host:port)", addr);
+        consul_error(L, "bad option 'addr' to 'new' ('%s' is not host:port)", addr);
 
     luaL_buffinit(L, &b);
     luaL_addlstring(&b, host, hostlen);
@@ -249,6 +272,15 @@ static void parse_addr(lua_State *L, consul_conf *cf, const char *addr, int http
     luaL_addstring(&b, port);
     luaL_pushresult(&b);
     consul_set_str(L, &cf->base_url, lua_tostring(L, -1), consul_rawlen(L, -1));
+    lua_pop(L, 1);
+    /* what a driver of its own needs: where to connect, what to say in Host */
+    consul_set_str(L, &cf->host, host, hostlen);
+    cf->port = atoi(port);
+    cf->https = https;
+    if (server_name != NULL)
+        consul_set_str(L, &cf->server_name, server_name, strlen(server_name));
+    lua_pushfstring(L, "%s:%s", server_name != NULL ? server_name : cf->host, port);
+    consul_set_str(L, &cf->host_header, lua_tostring(L, -1), consul_rawlen(L, -1));
     lua_pop(L, 1);
 
     if (server_name != NULL) {
@@ -275,27 +307,30 @@ static void configure(lua_State *L, consul_conf *cf)
     lua_getfield(L, 1, "host");
     lua_getfield(L, 1, "port");
     if (!lua_isnil(L, -3) && (!lua_isnil(L, -2) || !lua_isnil(L, -1)))
-        luaL_error(L, "bad argument #1 to 'new' (give either addr or host/port, not both)");
+        consul_error(L, "bad argument #1 to 'new' (give either addr or host/port, not both)");
     lua_pop(L, 3);
     s = opt_str(L, "scheme", NULL, &n);
     if (s != NULL && strcmp(s, "http") != 0 && strcmp(s, "https") != 0)
-        luaL_error(L, "bad option 'scheme' to 'new' (\"http\" or \"https\" expected)");
+        consul_error(L, "bad option 'scheme' to 'new' (\"http\" or \"https\" expected)");
     https = s != NULL ? strcmp(s, "https") == 0 : env_true("CONSUL_HTTP_SSL");
 
     lua_getfield(L, 1, "host");
     if (!lua_isnil(L, -1)) {
         const char *host;
         if (lua_type(L, -1) != LUA_TSTRING)
-            luaL_error(L, "bad option 'host' to 'new' (string expected, got %s)",
+            consul_error(L, "bad option 'host' to 'new' (string expected, got %s)",
                        luaL_typename(L, -1));
-        host = lua_tostring(L, -1);
         lua_Integer port;
+        size_t hl;
+        host = lua_tolstring(L, -1, &hl);
+        if (memchr(host, '\0', hl) != NULL || hl == 0)
+            consul_error(L, "bad option 'host' to 'new' (a host name without NUL bytes expected)");
         lua_getfield(L, 1, "port");
         if (!lua_isnil(L, -1) && !consul_isinteger(L, -1) && lua_type(L, -1) != LUA_TSTRING)
-            luaL_error(L, "bad option 'port' to 'new' (number expected)");
+            consul_error(L, "bad option 'port' to 'new' (number expected)");
         port = lua_isnil(L, -1) ? 8500 : lua_tointeger(L, -1);
         if (port <= 0 || port > 65535)
-            luaL_error(L, "bad option 'port' to 'new' (1..65535 expected)");
+            consul_error(L, "bad option 'port' to 'new' (1..65535 expected)");
         lua_pop(L, 1);
         if (strchr(host, ':') != NULL && host[0] != '[')
             lua_pushfstring(L, "[%s]:%d", host, (int)port);
@@ -305,7 +340,7 @@ static void configure(lua_State *L, consul_conf *cf)
     } else {
         lua_getfield(L, 1, "port");
         if (!lua_isnil(L, -1))
-            luaL_error(L, "bad argument #1 to 'new' (port needs host)");
+            consul_error(L, "bad argument #1 to 'new' (port needs host)");
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
@@ -337,7 +372,7 @@ static void configure(lua_State *L, consul_conf *cf)
     addr = lua_tostring(L, -1);  /* kept on the stack until configure returns */
     server_name = opt_str(L, "tls_server_name", "CONSUL_TLS_SERVER_NAME", &n);
     if (server_name != NULL && strpbrk(server_name, ":/[] ") != NULL)
-        luaL_error(L, "bad option 'tls_server_name' to 'new' (a host name expected)");
+        consul_error(L, "bad option 'tls_server_name' to 'new' (a host name expected)");
     parse_addr(L, cf, addr, https, https ? server_name : NULL);
 
     /* Who: token, token_file, CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE. */
@@ -360,7 +395,7 @@ static void configure(lua_State *L, consul_conf *cf)
     lua_getfield(L, 1, "dc");
     lua_getfield(L, 1, "datacenter");
     if (!lua_isnil(L, -2) && !lua_isnil(L, -1))
-        luaL_error(L, "bad argument #1 to 'new' (dc and datacenter are the same option)");
+        consul_error(L, "bad argument #1 to 'new' (dc and datacenter are the same option)");
     lua_pop(L, 2);
     if ((s = opt_str(L, "dc", NULL, &n)) != NULL || (s = opt_str(L, "datacenter", NULL, &n)) != NULL)
         consul_set_str(L, &cf->dc, s, n);
@@ -369,20 +404,32 @@ static void configure(lua_State *L, consul_conf *cf)
     if (!lua_isnil(L, -1)) {
         lua_Number t;
         if (lua_type(L, -1) != LUA_TNUMBER)
-            luaL_error(L, "bad option 'timeout' to 'new' (seconds expected)");
+            consul_error(L, "bad option 'timeout' to 'new' (seconds expected)");
         t = lua_tonumber(L, -1);
         if (!(t > 0 && t <= 86400))
-            luaL_error(L, "bad option 'timeout' to 'new' (0 < seconds <= 86400 expected)");
+            consul_error(L, "bad option 'timeout' to 'new' (0 < seconds <= 86400 expected)");
         cf->timeout_ms = (long)(t * 1000 + 0.5);
         if (cf->timeout_ms < 1)
             cf->timeout_ms = 1;
     }
     lua_pop(L, 1);
 
+    lua_getfield(L, 1, "max_answer");
+    if (!lua_isnil(L, -1)) {
+        lua_Number m;
+        if (lua_type(L, -1) != LUA_TNUMBER)
+            consul_error(L, "bad option 'max_answer' to 'new' (bytes expected)");
+        m = lua_tonumber(L, -1);
+        if (!(m >= 1024))
+            consul_error(L, "bad option 'max_answer' to 'new' (at least 1024 bytes expected)");
+        cf->max_answer = m >= 1e15 ? (size_t)-1 / 2 : (size_t)m;  /* math.huge: no limit */
+    }
+    lua_pop(L, 1);
+
     lua_getfield(L, 1, "verify");
     if (!lua_isnil(L, -1)) {
         if (lua_type(L, -1) != LUA_TBOOLEAN)
-            luaL_error(L, "bad option 'verify' to 'new' (boolean expected)");
+            consul_error(L, "bad option 'verify' to 'new' (boolean expected)");
         cf->verify = lua_toboolean(L, -1);
     } else {
         cf->verify = !env_false("CONSUL_HTTP_SSL_VERIFY");
@@ -406,7 +453,7 @@ static void configure(lua_State *L, consul_conf *cf)
         else if (strcmp(s, "stale") == 0)
             cf->consistency = 2;
         else
-            luaL_error(L, "bad option 'consistency' to 'new' (\"default\", \"consistent\" or "
+            consul_error(L, "bad option 'consistency' to 'new' (\"default\", \"consistent\" or "
                           "\"stale\" expected)");
     }
     lua_pop(L, 2);  /* the two addr strings */
@@ -415,19 +462,21 @@ static void configure(lua_State *L, consul_conf *cf)
 static int consul_new(lua_State *L)
 {
     consul_client *c;
+    if (lua_gettop(L) > 1)
+        return consul_error(L, "too many arguments to 'new' (an options table expected)");
     if (lua_isnoneornil(L, 1)) {
         lua_settop(L, 0);
         lua_newtable(L);
     } else {
-        luaL_checktype(L, 1, LUA_TTABLE);
-        lua_settop(L, 1);
-        /* configure() may write the combined host/port into it: work on a copy. */
+        consul_checktype(L, 1, LUA_TTABLE);
+        /* configure() may write the combined host/port into it: work on a raw copy (its
+         * metamethods, if any, never run) */
         lua_newtable(L);
         lua_pushnil(L);
         while (lua_next(L, 1) != 0) {
             lua_pushvalue(L, -2);
             lua_insert(L, -2);
-            lua_settable(L, 2);
+            lua_rawset(L, 2);
         }
         lua_replace(L, 1);
     }
@@ -441,454 +490,137 @@ static int consul_new(lua_State *L)
     consul_setuservalue(L, -2);
     c->conf = consul_conf_new();
     if (c->conf == NULL)
-        return luaL_error(L, "not enough memory");
+        return consul_error(L, "not enough memory");
     configure(L, c->conf);
     if (consul_http_init(&c->http, c->conf) != 0)
-        return luaL_error(L, "cannot create a libcurl handle");
+        return consul_error(L, "cannot create a libcurl handle");
     c->closed = 0;
     return 1;
 }
 
-/* ---- per-call options ------------------------------------------------------ */
-
-enum qkind { Q_STR, Q_UINT, Q_BOOL, Q_BOOLV, Q_DUR, Q_TOKEN, Q_META, Q_LIST };
-
-typedef struct qopt {
-    const char *lua;   /* the option's name in Lua */
-    const char *wire;  /* the query parameter */
-    int kind;
-} qopt;
-
-/* Every query parameter of the Consul 1.8 HTTP API. */
-static const qopt qopts[] = {
-    { "dc", "dc", Q_STR },
-    { "index", "index", Q_UINT },
-    { "wait", "wait", Q_DUR },
-    { "consistent", "consistent", Q_BOOL },
-    { "stale", "stale", Q_BOOL },
-    { "cached", "cached", Q_BOOL },
-    { "token", NULL, Q_TOKEN },
-    { "filter", "filter", Q_STR },
-    { "near", "near", Q_STR },
-    { "node_meta", "node-meta", Q_META },
-    { "tag", "tag", Q_LIST },
-    { "passing", "passing", Q_BOOL },
-    { "recurse", "recurse", Q_BOOL },
-    { "keys", "keys", Q_BOOL },
-    { "separator", "separator", Q_STR },
-    { "cas", "cas", Q_UINT },
-    { "flags", "flags", Q_UINT },
-    { "acquire", "acquire", Q_STR },
-    { "release", "release", Q_STR },
-    { "ns", "ns", Q_STR },
-    { "replace_existing_checks", "replace-existing-checks", Q_BOOL },
-    { "enable", "enable", Q_BOOLV },
-    { "reason", "reason", Q_STR },
-    { "note", "note", Q_STR },
-    { "loglevel", "loglevel", Q_STR },
-    { "logjson", "logjson", Q_BOOL },
-    { "wan", "wan", Q_BOOL },
-    { "segment", "segment", Q_STR },
-    { "format", "format", Q_STR },
-    { "prune", "prune", Q_BOOL },
-    { "policy", "policy", Q_STR },
-    { "role", "role", Q_STR },
-    { "authmethod", "authmethod", Q_STR },
-    { "name", "name", Q_LIST },
-    { "by", "by", Q_STR },
-    { "source", "source", Q_STR },
-    { "destination", "destination", Q_STR },
-    { "node", "node", Q_STR },
-    { "service", "service", Q_STR },
-    { "id", "id", Q_STR },
-    { "address", "address", Q_STR },
-    { "relay_factor", "relay-factor", Q_UINT },
-    { "local_only", "local-only", Q_BOOL },
-    { "limit", "limit", Q_UINT },
-    { "connect", "connect", Q_BOOL },
-    { "compile_dc", "compile-dc", Q_STR },
-    { NULL, NULL, 0 }
-};
-
-void consul_query_add(lua_State *L, consul_client *c, const char *name, const char *v, size_t n)
-{
-    consul_buf *q = &c->query;
-    if ((q->len > 0 && consul_buf_add(q, "&", 1) != 0) || consul_buf_adds(q, name) != 0 ||
-        (v != NULL && (consul_buf_add(q, "=", 1) != 0 ||
-                       consul_buf_add_escaped(q, v, n, 0) != 0)))
-        luaL_error(L, "not enough memory");
-}
-
-static const char *q_string(lua_State *L, int arg, int vi, const char *name, size_t *n)
-{
-    if (lua_type(L, vi) != LUA_TSTRING && lua_type(L, vi) != LUA_TNUMBER) {
-        lua_pushfstring(L, "option '%s' must be a string", name);
-        luaL_argerror(L, arg, lua_tostring(L, -1));
-    }
-    return lua_tolstring(L, vi, n);
-}
-
-static int64_t q_wait(lua_State *L, int arg, int vi, consul_client *c)
-{
-    int64_t ms;
-    char num[32];
-    if (lua_type(L, vi) == LUA_TNUMBER) {
-        lua_Number s = lua_tonumber(L, vi);
-        if (!(s >= 0 && s <= 86400))
-            luaL_argerror(L, arg, "option 'wait' must be 0..86400 seconds or a duration");
-        ms = (int64_t)(s * 1000 + 0.5);
-        snprintf(num, sizeof num, "%lldms", (long long)ms);
-        consul_query_add(L, c, "wait", num, strlen(num));
-        return ms;
-    }
-    if (lua_type(L, vi) == LUA_TSTRING && (ms = consul_duration_ms(lua_tostring(L, vi))) >= 0) {
-        consul_query_add(L, c, "wait", lua_tostring(L, vi), consul_rawlen(L, vi));
-        return ms;
-    }
-    return luaL_argerror(L, arg, "option 'wait' must be seconds or a duration like \"30s\"");
-}
-
-static void q_value(lua_State *L, int arg, int vi, const qopt *o, consul_client *c,
-                    consul_call *call)
-{
-    size_t n;
-    const char *s;
-    char num[32];
-    uint64_t u;
-    switch (o->kind) {
-    case Q_STR:
-        s = q_string(L, arg, vi, o->lua, &n);
-        consul_query_add(L, c, o->wire, s, n);
-        break;
-    case Q_UINT:
-        if (consul_to_u64(L, vi, &u) != 0) {
-            lua_pushfstring(L, "option '%s' must be an integer", o->lua);
-            luaL_argerror(L, arg, lua_tostring(L, -1));
-        }
-        snprintf(num, sizeof num, "%llu", (unsigned long long)u);
-        consul_query_add(L, c, o->wire, num, strlen(num));
-        break;
-    case Q_BOOL:
-    case Q_BOOLV:
-        if (lua_type(L, vi) != LUA_TBOOLEAN) {
-            lua_pushfstring(L, "option '%s' must be a boolean", o->lua);
-            luaL_argerror(L, arg, lua_tostring(L, -1));
-        }
-        if (o->kind == Q_BOOLV)
-            consul_query_add(L, c, o->wire, lua_toboolean(L, vi) ? "true" : "false",
-                  lua_toboolean(L, vi) ? 4 : 5);
-        else if (lua_toboolean(L, vi))
-            consul_query_add(L, c, o->wire, "true", 4);  /* 1.8 ignores a bare ?wan, ?connect */
-        break;
-    case Q_DUR:
-        call->wait_ms = (long)q_wait(L, arg, vi, c);
-        break;
-    case Q_TOKEN:
-        if (lua_type(L, vi) != LUA_TSTRING)
-            luaL_argerror(L, arg, "option 'token' must be a string");
-        s = lua_tolstring(L, vi, &n);
-        if (strlen(s) != n || strpbrk(s, "\r\n") != NULL)
-            luaL_argerror(L, arg, "option 'token' has control characters");
-        call->token = s;  /* the options table keeps it alive for the call */
-        break;
-    case Q_META:
-    case Q_LIST:
-        if (lua_type(L, vi) == LUA_TTABLE) {
-            lua_pushnil(L);
-            while (lua_next(L, vi) != 0) {
-                if (o->kind == Q_META) {
-                    const char *k;
-                    if (lua_type(L, -2) != LUA_TSTRING)
-                        luaL_argerror(L, arg, "option 'node_meta' keys must be strings");
-                    k = lua_tostring(L, -2);
-                    s = q_string(L, arg, lua_gettop(L), o->lua, &n);
-                    lua_pushfstring(L, "%s:%s", k, s);
-                    consul_query_add(L, c, o->wire, lua_tostring(L, -1), consul_rawlen(L, -1));
-                    lua_pop(L, 1);
-                } else {
-                    s = q_string(L, arg, lua_gettop(L), o->lua, &n);
-                    consul_query_add(L, c, o->wire, s, n);
-                }
-                lua_pop(L, 1);
-            }
-        } else {
-            s = q_string(L, arg, vi, o->lua, &n);
-            consul_query_add(L, c, o->wire, s, n);
-        }
-        break;
-    }
-}
-
-void consul_opts(lua_State *L, int idx, consul_client *c, consul_call *call, int for_request)
-{
-    int saw_dc = 0, saw_consistency = 0, saw_index = 0;
-    consul_buf_reset(&c->query);
-    if (idx != 0 && !lua_isnoneornil(L, idx)) {
-        idx = consul_absindex(L, idx);
-        luaL_checktype(L, idx, LUA_TTABLE);
-        lua_pushnil(L);
-        while (lua_next(L, idx) != 0) {
-            const qopt *o = qopts;
-            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-            if (k == NULL)
-                luaL_argerror(L, idx, "option names must be strings");
-            if (for_request && (strcmp(k, "query") == 0 || strcmp(k, "body") == 0 ||
-                                strcmp(k, "headers") == 0)) {
-                lua_pop(L, 1);
-                continue;
-            }
-            while (o->lua != NULL && strcmp(o->lua, k) != 0)
-                o++;
-            if (o->lua == NULL) {
-                lua_pushfstring(L, "unknown option '%s'", k);
-                luaL_argerror(L, idx, lua_tostring(L, -1));
-            }
-            saw_dc |= o->kind == Q_STR && strcmp(k, "dc") == 0;
-            saw_consistency |= strcmp(k, "consistent") == 0 || strcmp(k, "stale") == 0;
-            saw_index |= strcmp(k, "index") == 0;
-            q_value(L, idx, lua_gettop(L), o, c, call);
-            lua_pop(L, 1);
-        }
-    }
-    /* A blocking query without a wait waits Consul's default 5 minutes: so may we. */
-    if (saw_index && call->wait_ms == 0)
-        call->wait_ms = CONSUL_MAX_WAIT_MS;
-    if (!saw_dc && c->conf->dc != NULL)
-        consul_query_add(L, c, "dc", c->conf->dc, strlen(c->conf->dc));
-    if (!saw_consistency && c->conf->consistency != 0 && strcmp(call->method, "GET") == 0)
-        consul_query_add(L, c, c->conf->consistency == 1 ? "consistent" : "stale", NULL, 0);
-}
-
-void consul_path_begin(lua_State *L, consul_client *c, const char *prefix)
-{
-    consul_buf_reset(&c->path);
-    if (consul_buf_adds(&c->path, prefix) != 0)
-        luaL_error(L, "not enough memory");
-}
-
-void consul_path_add(lua_State *L, consul_client *c, int arg, int keep_slash)
-{
-    size_t n;
-    const char *s;
-    if (lua_type(L, arg) != LUA_TSTRING)
-        luaL_argerror(L, arg, lua_pushfstring(L, "string expected, got %s",
-                                              luaL_typename(L, arg)));
-    s = lua_tolstring(L, arg, &n);
-    if (keep_slash)
-        while (n > 0 && *s == '/')
-            s++, n--;  /* "/a" is "a", as Consul's Go client has it */
-    else if (n == 0)
-        luaL_argerror(L, arg, "must not be empty");
-    if (consul_buf_add_escaped(&c->path, s, n, keep_slash) != 0)
-        luaL_error(L, "not enough memory");
-}
-
-/* ---- the call ------------------------------------------------------------- */
-
-void consul_push_meta(lua_State *L, const consul_resp *rs)
-{
-    const char *code = consul_code_name(rs->code);
-    lua_createtable(L, 0, 6);
-    if (rs->status > 0) {
-        lua_pushinteger(L, (lua_Integer)rs->status);
-        lua_setfield(L, -2, "status");
-    }
-    if (rs->has_index) {
-        consul_push_index(L, rs->index);
-        lua_setfield(L, -2, "index");
-    }
-    if (rs->known_leader >= 0) {
-        lua_pushboolean(L, rs->known_leader);
-        lua_setfield(L, -2, "known_leader");
-    }
-    if (rs->last_contact >= 0) {
-        lua_pushinteger(L, (lua_Integer)rs->last_contact);
-        lua_setfield(L, -2, "last_contact");
-    }
-    if (code != NULL) {
-        lua_pushstring(L, code);
-        lua_setfield(L, -2, "code");
-    }
-}
-
-/* nil, "consul: METHOD /path: why", meta */
-int consul_push_failure(lua_State *L, consul_client *c, const consul_call *call,
-                        const consul_resp *rs)
-{
-    char msg[1024];
-    consul_format_failure(msg, sizeof msg, call->method, c->path.data, rs);
-    lua_pushnil(L);
-    lua_pushstring(L, msg);
-    consul_push_meta(L, rs);
-    return 3;
-}
-
-int consul_client_call(lua_State *L, consul_client *c, consul_call *call, consul_resp *rs)
-{
-    consul_req rq;
-    int absent_ok, status_data;
-
-    memset(&rq, 0, sizeof rq);
-    rq.method = call->method;
-    rq.path = c->path.data;
-    rq.query = c->query.data;
-    rq.token = call->token;
-    rq.body = call->body;
-    rq.body_len = call->body_len;
-    rq.content_type = call->content_type;
-    rq.headers = call->headers;
-    rq.wait_ms = call->wait_ms;
-    rq.sink = call->sink;
-    rq.sink_ud = call->sink_ud;
-
-    consul_json_free(&c->doc);
-    consul_http_perform(&c->http, &rq, rs);
-    c->requests++;
-    c->connects += rs->connects;
-
-    absent_ok = rs->status == 404 &&
-                (strcmp(call->method, "GET") == 0 || (call->flags & CONSUL_CALL_ABSENT_OK));
-    status_data = (call->flags & CONSUL_CALL_STATUS_DATA) &&
-                  (rs->status == 429 || rs->status == 503);
-    if (rs->code == CONSUL_EHTTP && (absent_ok || status_data))
-        rs->code = CONSUL_OK;
-    if (status_data && !rs->json && rs->body_len > 0 && (rs->body[0] == '{' || rs->body[0] == '['))
-        rs->json = 1;  /* Consul sends those answers without their Content-Type */
-    if (rs->code != CONSUL_OK)
-        return consul_push_failure(L, c, call, rs);
-    if (absent_ok) {
-        lua_pushnil(L);
-        lua_pushnil(L);
-        consul_push_meta(L, rs);
-        return 3;
-    }
-    if (rs->json && call->sink == NULL && call->answer != CONSUL_ANS_TEXT &&
-        consul_json_parse(&c->doc, rs->body, rs->body_len) != 0) {
-        rs->code = CONSUL_EDECODE;
-        return consul_push_failure(L, c, call, rs);
-    }
-    if (call->answer == CONSUL_ANS_NONE) {
-        consul_push_meta(L, rs);
-        return 0;
-    }
-
-    if (call->sink != NULL || (rs->body_len == 0 && call->answer != CONSUL_ANS_TEXT)) {
-        lua_pushboolean(L, 1);
-    } else if (!rs->json || call->answer == CONSUL_ANS_TEXT) {
-        lua_pushlstring(L, rs->body, rs->body_len);
-    } else if (cJSON_IsNull(c->doc.root)) {
-        lua_pushnil(L);  /* a null answer: absent */
-    } else if (call->answer == CONSUL_ANS_ID) {
-        cJSON *id = cJSON_GetObjectItemCaseSensitive(c->doc.root, "ID");
-        if (!cJSON_IsString(id)) {
-            rs->code = CONSUL_EDECODE;
-            return consul_push_failure(L, c, call, rs);
-        }
-        lua_pushstring(L, id->valuestring);
-    } else if (call->answer == CONSUL_ANS_FIRST) {
-        cJSON *first = cJSON_IsArray(c->doc.root) ? c->doc.root->child : NULL;
-        if (first == NULL)
-            lua_pushnil(L);
-        else
-            consul_json_push(L, &c->doc, first, call->json_flags);
-    } else {
-        consul_json_push(L, &c->doc, c->doc.root, call->json_flags);
-    }
-    lua_pushnil(L);
-    consul_push_meta(L, rs);
-    return 3;
-}
-
 /* ---- c:request(method, path[, opts]) ----------------------------------------- */
 
-static void build_headers(lua_State *L, consul_client *c, int idx)
+/* A header name: a token of RFC 9110 */
+static int header_name(const char *s, size_t n)
 {
-    if (c->headers != NULL) {
-        curl_slist_free_all(c->headers);
-        c->headers = NULL;
+    size_t i;
+    if (n == 0)
+        return 0;
+    for (i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch <= ' ' || ch >= 0x7f || strchr("\"(),/:;<=>?@[\\]{}", ch) != NULL)
+            return 0;
     }
+    return 1;
+}
+
+static void build_headers(lua_State *L, consul_op *op, int idx)
+{
     if (lua_isnil(L, idx))
         return;
     if (lua_type(L, idx) != LUA_TTABLE)
-        luaL_argerror(L, 4, "option 'headers' must be a table");
+        consul_argerror(L, 4, "option 'headers' must be a table");
     lua_pushnil(L);
     while (lua_next(L, idx) != 0) {
-        struct curl_slist *s;
+        size_t kn, vn, i;
         const char *k, *v;
         if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
-            luaL_argerror(L, 4, "option 'headers' must map strings to strings");
-        k = lua_tostring(L, -2);
-        v = lua_tostring(L, -1);
-        if (strpbrk(k, ":\r\n") != NULL || strpbrk(v, "\r\n") != NULL || k[0] == '\0')
-            luaL_argerror(L, 4, "option 'headers' has a bad header name or value");
-        lua_pushfstring(L, "%s: %s", k, v);
-        s = curl_slist_append(c->headers, lua_tostring(L, -1));
-        if (s == NULL)
-            luaL_error(L, "not enough memory");
-        c->headers = s;
-        lua_pop(L, 2);
+            consul_argerror(L, 4, "option 'headers' must map strings to strings");
+        k = lua_tolstring(L, -2, &kn);
+        v = lua_tolstring(L, -1, &vn);
+        if (!header_name(k, kn))
+            consul_argerror(L, 4, "option 'headers' has a bad header name");
+        for (i = 0; i < vn; i++)
+            if (((unsigned char)v[i] < 0x20 && v[i] != '\t') || v[i] == 0x7f)
+                consul_argerror(L, 4, "option 'headers' has a bad header value (control bytes)");
+        if (consul_buf_add(&op->m.hdrs, k, kn) != 0 || consul_buf_add(&op->m.hdrs, ": ", 2) != 0 ||
+            consul_buf_add(&op->m.hdrs, v, vn) != 0 || consul_buf_add(&op->m.hdrs, "\n", 1) != 0)
+            consul_error(L, "not enough memory");
+        lua_pop(L, 1);
     }
 }
 
 static int client_request(lua_State *L)
 {
     consul_client *c = consul_checkclient(L, 1);
-    const char *method = luaL_checkstring(L, 2);
-    const char *path = luaL_checkstring(L, 3);
-    consul_call call;
-    consul_resp rs;
-    const char *m;
+    size_t mlen, plen, i;
+    const char *method, *path;
+    consul_op *op;
+    int box;
 
-    for (m = method; *m; m++)
-        if (*m < 'A' || *m > 'Z')
-            luaL_argerror(L, 2, "an HTTP method in capitals expected");
-    if (path[0] != '/' || strpbrk(path, " \t\r\n#?") != NULL)
-        luaL_argerror(L, 3, "an escaped path starting with '/' expected (query goes in opts)");
-    if (!lua_isnoneornil(L, 4))
-        luaL_checktype(L, 4, LUA_TTABLE);
     if (lua_gettop(L) > 4)
-        return luaL_error(L, "too many arguments to 'request' (method, path, opts expected)");
+        return consul_error(L, "too many arguments to 'request' (method, path, opts expected)");
+    method = consul_checkstring(L, 2, &mlen);
+    path = consul_checkstring(L, 3, &plen);
+    if (mlen == 0 || mlen > 32)
+        consul_argerror(L, 2, "an HTTP method in capitals expected");
+    for (i = 0; i < mlen; i++)
+        if (method[i] < 'A' || method[i] > 'Z')
+            consul_argerror(L, 2, "an HTTP method in capitals expected");
+    consul_check_nul(L, path, plen, 3, "path");
+    if (path[0] != '/' || strpbrk(path, " \t\r\n#?") != NULL)
+        consul_argerror(L, 3, "an escaped path starting with '/' expected (query goes in opts)");
+    for (i = 0; i < plen; i++)
+        if ((unsigned char)path[i] < 0x20 || path[i] == 0x7f)
+            consul_argerror(L, 3, "an escaped path expected (control bytes)");
+    if (!lua_isnoneornil(L, 4))
+        consul_checktype(L, 4, LUA_TTABLE);
     lua_settop(L, 4);
 
-    memset(&call, 0, sizeof call);
-    call.method = method;
-    consul_opts(L, 4, c, &call, 1);
-    consul_path_begin(L, c, path);
+    op = consul_op_new(L, c);                      /* 5: the op's box */
+    box = lua_gettop(L);
+    op->m.rq.method = method;
+    consul_op_keep(L, op, 2);
+    consul_op_path(L, op, path);
+    consul_op_opts(L, 4, op, 1);
     if (!lua_isnil(L, 4)) {
-        lua_getfield(L, 4, "query");                   /* 5 */
-        if (!lua_isnil(L, 5)) {
-            if (lua_type(L, 5) != LUA_TTABLE)
-                luaL_argerror(L, 4, "option 'query' must be a table");
+        lua_getfield(L, 4, "query");
+        if (!lua_isnil(L, -1)) {
+            int q = lua_gettop(L);
+            if (lua_type(L, q) != LUA_TTABLE)
+                consul_argerror(L, 4, "option 'query' must be a table");
             lua_pushnil(L);
-            while (lua_next(L, 5) != 0) {
+            while (lua_next(L, q) != 0) {
+                size_t kn;
+                const char *k;
                 if (lua_type(L, -2) != LUA_TSTRING)
-                    luaL_argerror(L, 4, "option 'query' keys must be strings");
+                    consul_argerror(L, 4, "option 'query' keys must be strings");
+                k = lua_tolstring(L, -2, &kn);
+                if (kn == 0 || strcspn(k, "&=#? \t\r\n") != kn || memchr(k, '\0', kn) != NULL)
+                    consul_argerror(L, 4, "option 'query' has a bad parameter name");
                 if (lua_type(L, -1) == LUA_TBOOLEAN) {
                     if (lua_toboolean(L, -1))
-                        consul_query_add(L, c, lua_tostring(L, -2), NULL, 0);
-                } else {
+                        consul_op_query(L, op, k, NULL, 0);
+                } else if (lua_type(L, -1) == LUA_TSTRING) {
                     size_t n;
-                    const char *v = q_string(L, 4, lua_gettop(L), lua_tostring(L, -2), &n);
-                    consul_query_add(L, c, lua_tostring(L, -2), v, n);
+                    const char *v = lua_tolstring(L, -1, &n);
+                    consul_op_query(L, op, k, v, n);
+                } else {
+                    consul_argerror(L, 4, "option 'query' values must be strings or booleans");
                 }
                 lua_pop(L, 1);
             }
         }
-        lua_getfield(L, 4, "headers");                 /* 6 */
-        build_headers(L, c, 6);
-        call.headers = c->headers;
-        lua_getfield(L, 4, "body");                    /* 7 */
-        if (lua_type(L, 7) == LUA_TSTRING) {
-            call.body = lua_tolstring(L, 7, &call.body_len);
-        } else if (!lua_isnil(L, 7)) {
-            consul_buf_reset(&c->enc);
-            consul_json_encode(L, 7, 4, &c->enc, 0);
-            call.body = c->enc.data;
-            call.body_len = c->enc.len;
-            call.content_type = "application/json";
+        lua_pop(L, 1);
+        lua_getfield(L, 4, "headers");
+        build_headers(L, op, lua_gettop(L));
+        lua_pop(L, 1);
+        lua_getfield(L, 4, "body");                    /* box + 1 */
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            op->m.rq.body = lua_tolstring(L, -1, &op->m.rq.body_len);
+            op->m.rq.content_type = "application/octet-stream";
+            lua_replace(L, 4);  /* kept on the stack (the options table itself may change) */
+            consul_op_keep(L, op, 4);
+        } else if (!lua_isnil(L, -1)) {
+            consul_json_encode(L, lua_gettop(L), 4, &op->m.body, 0);
+            op->m.rq.body = op->m.body.data;
+            op->m.rq.body_len = op->m.body.len;
+            op->m.rq.content_type = "application/json";
         }
+        lua_settop(L, box);
     }
-    return consul_client_call(L, c, &call, &rs);
+    op->answer = CONSUL_ANS_AUTO;
+    return consul_op_call(L, c, op, box);
 }
 
 /* ---- the group objects: c.kv, c.agent, ... ----------------------------------- */
@@ -926,7 +658,7 @@ static int client_index(lua_State *L)
 }
 
 static const luaL_Reg client_methods[] = {
-    { "close", client_gc },
+    { "close", client_close },
     { "request", client_request },
     { "stats", client_stats },
     { NULL, NULL }

@@ -1,12 +1,18 @@
 /*
- * http.c: libcurl. One consul_http is one easy handle, its connection cache and its scratch
- * buffers; consul_http_perform sends one consul_req and fills one consul_resp. Knows nothing
- * of Lua, so it serves the Lua-facing client and the renewer thread alike.
+ * http.c: a client's configuration, what an answer's status line and headers say, and
+ * libcurl. One consul_http is one easy handle and its connection cache; consul_http_perform
+ * sends one consul_req and fills one consul_resp, the body into a buffer the caller owns.
+ * Knows nothing of Lua, so it serves the Lua-facing calls and the renewer thread alike.
+ *
+ * Every answer is bounded: its head by CONSUL_MAX_HEAD, its body by the conf's max_answer,
+ * its time by the request's budget (a stream's by its idle limit). An answer that arrived but
+ * cannot be read is "decode", whatever libcurl calls it; "connect" means none could be asked.
  */
 #include "consul.h"
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,9 +42,16 @@ const char *consul_code_name(int code)
     case CONSUL_EDECODE: return "decode";
     case CONSUL_ECLOSED: return "closed";
     case CONSUL_ECONFLICT: return "conflict";
+    case CONSUL_ELOST: return "lost";
     case CONSUL_ENOMEM: return "memory";
     default: return NULL;
     }
+}
+
+int consul_retryable(int code, long status)
+{
+    return code == CONSUL_ECONNECT || code == CONSUL_ETIMEOUT || code == CONSUL_ECLOSED ||
+           (code == CONSUL_EHTTP && status >= 500);
 }
 
 /* ---- configuration ----------------------------------------------------- */
@@ -50,6 +63,7 @@ consul_conf *consul_conf_new(void)
         return NULL;
     cf->refs = 1;
     cf->timeout_ms = 10000;
+    cf->max_answer = CONSUL_DEFAULT_MAX_ANSWER;
     cf->verify = 1;
     return cf;
 }
@@ -66,6 +80,9 @@ void consul_conf_release(consul_conf *cf)
         return;
     free(cf->base_url);
     free(cf->hostport);
+    free(cf->host);
+    free(cf->server_name);
+    free(cf->host_header);
     free(cf->unix_path);
     if (cf->token != NULL) {
         /* A token is a secret: do not leave it in freed memory. */
@@ -83,35 +100,23 @@ void consul_conf_release(consul_conf *cf)
     free(cf);
 }
 
-/* ---- callbacks: they only append to request-owned buffers ----------------- */
+/* ---- answers: status line and headers (both drivers) --------------------------- */
 
-static size_t on_body(char *p, size_t size, size_t n, void *ud)
+void consul_resp_reset(consul_resp *rs)
 {
-    consul_http *h = ud;
-    size_t len = size * n;
-    if (h->rq->sink != NULL && h->rs->status >= 200 && h->rs->status < 300) {
-        if (h->rq->sink(h->rq->sink_ud, p, len) != 0)
-            return 0;  /* CURLE_WRITE_ERROR: the sink asked to stop */
-        return len;
-    }
-    return consul_buf_add(&h->body, p, len) == 0 ? len : 0;
+    memset(rs, 0, sizeof *rs);
+    rs->known_leader = -1;
+    rs->last_contact = -1;
 }
 
-static int header_is(const char *line, size_t len, const char *name, const char **value,
-                     size_t *vlen)
+int consul_resp_fail(consul_resp *rs, int code, const char *fmt, ...)
 {
-    size_t n = strlen(name);
-    const char *v, *end = line + len;
-    if (len <= n || line[n] != ':' || strncasecmp(line, name, n) != 0)
-        return 0;
-    v = line + n + 1;
-    while (v < end && (*v == ' ' || *v == '\t'))
-        v++;
-    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
-        end--;
-    *value = v;
-    *vlen = (size_t)(end - v);
-    return 1;
+    va_list ap;
+    rs->code = code;
+    va_start(ap, fmt);
+    vsnprintf(rs->error, sizeof rs->error, fmt, ap);
+    va_end(ap);
+    return code;
 }
 
 static uint64_t parse_u64(const char *v, size_t n, int *ok)
@@ -130,45 +135,146 @@ static uint64_t parse_u64(const char *v, size_t n, int *ok)
     return x;
 }
 
-static size_t on_header(char *line, size_t size, size_t n, void *ud)
+int consul_resp_status(consul_resp *rs, const char *line, size_t len)
+{
+    /* "HTTP/1.1 200 OK": a version, three digits, an optional reason */
+    size_t r;
+    if (len < 12 || memcmp(line, "HTTP/1.", 7) != 0 || (line[7] != '0' && line[7] != '1') ||
+        line[8] != ' ' || line[9] < '1' || line[9] > '5' || line[10] < '0' || line[10] > '9' ||
+        line[11] < '0' || line[11] > '9' || (len > 12 && line[12] != ' '))
+        return -1;
+    if (memchr(line, '\0', len) != NULL)
+        return -1;
+    /* A new answer (after a 100 Continue, say): forget the previous one's headers. */
+    rs->status = (line[9] - '0') * 100 + (line[10] - '0') * 10 + (line[11] - '0');
+    rs->has_index = rs->has_length = rs->chunked = rs->json = 0;
+    rs->close = line[7] == '0';  /* HTTP/1.0 closes unless it says keep-alive */
+    rs->known_leader = -1;
+    rs->last_contact = -1;
+    r = len > 13 ? len - 13 : 0;
+    if (r >= sizeof rs->reason)
+        r = sizeof rs->reason - 1;
+    memcpy(rs->reason, line + 13, r);
+    rs->reason[r] = '\0';
+    return 0;
+}
+
+static int value_is(const char *v, size_t n, const char *word)
+{
+    size_t w = strlen(word);
+    return n == w && strncasecmp(v, word, w) == 0;
+}
+
+int consul_resp_header(consul_resp *rs, const char *line, size_t len)
+{
+    const char *colon = memchr(line, ':', len), *v, *end = line + len;
+    size_t nlen, vlen;
+    int ok;
+    if (colon == NULL || colon == line || memchr(line, '\0', len) != NULL)
+        return -1;
+    nlen = (size_t)(colon - line);
+    for (v = line; v < colon; v++)
+        if (*v == ' ' || *v == '\t')
+            return -1;  /* no white space in a field name */
+    v = colon + 1;
+    while (v < end && (*v == ' ' || *v == '\t'))
+        v++;
+    while (end > v && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r'))
+        end--;
+    vlen = (size_t)(end - v);
+#define NAME_IS(s) (nlen == sizeof(s) - 1 && strncasecmp(line, s, nlen) == 0)
+    if (NAME_IS("X-Consul-Index")) {
+        rs->index = parse_u64(v, vlen, &ok);
+        rs->has_index = ok;
+    } else if (NAME_IS("X-Consul-Knownleader")) {
+        rs->known_leader = value_is(v, vlen, "true");
+    } else if (NAME_IS("X-Consul-Lastcontact")) {
+        uint64_t ms = parse_u64(v, vlen, &ok);
+        rs->last_contact = ok && ms < INT64_MAX ? (int64_t)ms : -1;
+    } else if (NAME_IS("Content-Type")) {
+        rs->json = vlen >= 16 && strncasecmp(v, "application/json", 16) == 0;
+    } else if (NAME_IS("Content-Length")) {
+        uint64_t n = parse_u64(v, vlen, &ok);
+        if (!ok || (rs->has_length && n != rs->length))
+            return -1;  /* not a number, or two that disagree */
+        rs->length = n;
+        rs->has_length = 1;
+    } else if (NAME_IS("Transfer-Encoding")) {
+        if (!value_is(v, vlen, "chunked"))
+            return -1;  /* Consul sends no other coding, and we asked for none */
+        rs->chunked = 1;
+    } else if (NAME_IS("Connection")) {
+        if (value_is(v, vlen, "close"))
+            rs->close = 1;
+        else if (value_is(v, vlen, "keep-alive"))
+            rs->close = 0;
+    }
+#undef NAME_IS
+    return 0;
+}
+
+/* ---- libcurl's callbacks: they only append to request-owned buffers ------------ */
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud)
 {
     consul_http *h = ud;
     consul_resp *rs = h->rs;
     size_t len = size * n;
-    const char *v;
-    size_t vlen;
-    int ok;
+    h->last_byte = consul_now_ms();
+    if (h->rq->sink != NULL && rs->status >= 200 && rs->status < 300)
+        return h->rq->sink(h->rq->sink_ud, p, len) != 0 ? 0 : len;  /* non-zero: stop */
+    if (len > h->conf->max_answer - h->out->len) {  /* out->len never exceeds it */
+        h->oversize = 1;
+        consul_resp_fail(rs, CONSUL_EDECODE, "the answer is over %zu bytes (max_answer)",
+                         h->conf->max_answer);
+        return 0;
+    }
+    return consul_buf_add(h->out, p, len) == 0 ? len : 0;
+}
 
-    if (len >= 5 && memcmp(line, "HTTP/", 5) == 0) {
-        /* A new response (after a 100 Continue, say): forget the previous one's headers. */
-        const char *sp = memchr(line, ' ', len), *end = line + len, *r;
-        rs->status = sp ? strtol(sp + 1, NULL, 10) : 0;
-        r = sp ? memchr(sp + 1, ' ', (size_t)(end - sp - 1)) : NULL;
-        rs->reason[0] = '\0';
-        if (r != NULL) {
-            size_t rlen = (size_t)(end - r - 1);
-            while (rlen > 0 && (r[rlen] == '\r' || r[rlen] == '\n'))
-                rlen--;
-            if (rlen >= sizeof rs->reason)
-                rlen = sizeof rs->reason - 1;
-            memcpy(rs->reason, r + 1, rlen);
-            rs->reason[rlen] = '\0';
+static size_t on_header(char *line, size_t size, size_t n, void *ud)
+{
+    consul_http *h = ud;
+    consul_resp *rs = h->rs;
+    size_t len = size * n, l = len;
+    h->last_byte = consul_now_ms();
+    h->head_bytes += len;
+    if (h->head_bytes > CONSUL_MAX_HEAD) {
+        h->oversize = 1;
+        consul_resp_fail(rs, CONSUL_EDECODE, "the answer's headers are over %d bytes",
+                         CONSUL_MAX_HEAD);
+        return 0;
+    }
+    while (l > 0 && (line[l - 1] == '\n' || line[l - 1] == '\r'))
+        l--;
+    if (l == 0) {
+        /* The end of a head. A body announced over the limit is refused before it comes. */
+        if (rs->status >= 200 && rs->has_length && rs->length > h->conf->max_answer &&
+            (h->rq->sink == NULL || rs->status >= 300)) {
+            h->oversize = 1;
+            consul_resp_fail(rs, CONSUL_EDECODE, "the answer is over %zu bytes (max_answer)",
+                             h->conf->max_answer);
+            return 0;
         }
-        rs->has_index = 0;
-        rs->known_leader = -1;
-        rs->last_contact = -1;
-        rs->json = 0;
-        consul_buf_reset(&h->body);
-    } else if (header_is(line, len, "X-Consul-Index", &v, &vlen)) {
-        rs->index = parse_u64(v, vlen, &ok);
-        rs->has_index = ok;
-    } else if (header_is(line, len, "X-Consul-Knownleader", &v, &vlen)) {
-        rs->known_leader = vlen == 4 && strncasecmp(v, "true", 4) == 0;
-    } else if (header_is(line, len, "X-Consul-Lastcontact", &v, &vlen)) {
-        uint64_t ms = parse_u64(v, vlen, &ok);
-        rs->last_contact = ok && ms < INT64_MAX ? (int64_t)ms : -1;
-    } else if (header_is(line, len, "Content-Type", &v, &vlen)) {
-        rs->json = vlen >= 16 && strncasecmp(v, "application/json", 16) == 0;
+        if (rs->status >= 200 && rs->has_length && h->rq->sink == NULL &&
+            consul_buf_reserve(h->out, (size_t)rs->length) != 0)
+            return 0;  /* the whole body in one allocation: no copies as it grows */
+        return len;
+    }
+    if (len >= 5 && memcmp(line, "HTTP/", 5) == 0) {
+        if (consul_resp_status(rs, line, l) != 0) {
+            h->oversize = 1;
+            consul_resp_fail(rs, CONSUL_EDECODE, "a malformed status line");
+            return 0;
+        }
+        h->head_bytes = len;
+        consul_buf_reset(h->out);
+        return len;
+    }
+    if (consul_resp_header(rs, line, l) != 0) {
+        h->oversize = 1;
+        consul_resp_fail(rs, CONSUL_EDECODE, "a malformed header line");
+        return 0;
     }
     return len;
 }
@@ -196,6 +302,8 @@ static int setup_easy(consul_http *h)
     curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    /* HTTP/1.1 over TLS too (Consul offers h2 by ALPN): one framing for both drivers */
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, cf->timeout_ms);
     if (cf->unix_path != NULL)
         curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, cf->unix_path);
@@ -218,7 +326,7 @@ int consul_http_init(consul_http *h, consul_conf *cf)
 {
     consul_http_global_init();
     h->conf = consul_conf_retain(cf);
-    if (consul_buf_reserve(&h->body, 0) != 0 || consul_buf_reserve(&h->url, 0) != 0)
+    if (consul_buf_reserve(&h->url, 0) != 0)
         return -1;
     if (cf->connect_to != NULL && (h->connect_to = curl_slist_append(NULL, cf->connect_to)) == NULL)
         return -1;
@@ -240,62 +348,47 @@ void consul_http_release(consul_http *h)
         h->connect_to = NULL;
     }
     consul_buf_free(&h->url);
-    consul_buf_free(&h->body);
     if (h->conf != NULL) {
         consul_conf_release(h->conf);
         h->conf = NULL;
     }
 }
 
-static int add_header(consul_http *h, const char *fmt, const char *value)
+static int add_header(consul_http *h, const char *a, const char *b, size_t blen)
 {
-    char line[512];
-    struct curl_slist *s;
-    consul_buf big = CONSUL_BUF_INIT;
-    const char *text = line;
-    int n = snprintf(line, sizeof line, fmt, value);
-    if (n < 0)
-        return -1;
-    if ((size_t)n >= sizeof line) {
-        if (consul_buf_addf(&big, fmt, value) != 0) {
-            consul_buf_free(&big);
-            return -1;
-        }
-        text = big.data;
-    }
-    s = curl_slist_append(h->slist, text);
-    consul_buf_free(&big);
+    consul_buf line = CONSUL_BUF_INIT;
+    struct curl_slist *s = NULL;
+    if (consul_buf_adds(&line, a) == 0 && consul_buf_add(&line, b, blen) == 0)
+        s = curl_slist_append(h->slist, line.data);
+    consul_buf_free(&line);
     if (s == NULL)
         return -1;
     h->slist = s;
     return 0;
 }
 
-static int fail(consul_resp *rs, int code, const char *fmt, const char *a, const char *b)
-{
-    rs->code = code;
-    snprintf(rs->error, sizeof rs->error, fmt, a, b);
-    return code;
-}
-
+/* What went wrong, once libcurl says so. A request that was sent got an answer we cannot
+ * read (decode), or the connection closed (closed), or time ran out; one that was not sent
+ * could not reach the agent (connect). */
 static int map_error(consul_http *h, CURLcode rc, consul_resp *rs)
 {
     const char *hp = h->conf->hostport;
     const char *why = h->errbuf[0] ? h->errbuf : curl_easy_strerror(rc);
-    long oserr = 0;
+    long oserr = 0, opened = 0, sent = 0;
 
+    curl_easy_getinfo(h->easy, CURLINFO_REQUEST_SIZE, &sent);
     switch (rc) {
     case CURLE_COULDNT_CONNECT:
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
         curl_easy_getinfo(h->easy, CURLINFO_OS_ERRNO, &oserr);
         if (oserr == ECONNREFUSED)
-            return fail(rs, CONSUL_ECONNECT, "connect to %s refused%s", hp, "");
+            return consul_resp_fail(rs, CONSUL_ECONNECT, "connect to %s refused", hp);
         if (oserr == ENOENT && h->conf->unix_path != NULL)
-            return fail(rs, CONSUL_ECONNECT, "connect to %s: no such socket%s", hp, "");
-        return fail(rs, CONSUL_ECONNECT, "connect to %s failed: %s", hp, why);
+            return consul_resp_fail(rs, CONSUL_ECONNECT, "connect to %s: no such socket", hp);
+        return consul_resp_fail(rs, CONSUL_ECONNECT, "connect to %s failed: %s", hp, why);
     case CURLE_OPERATION_TIMEDOUT:
-        return fail(rs, CONSUL_ETIMEOUT, "%s: %s", hp, why);
+        return consul_resp_fail(rs, CONSUL_ETIMEOUT, "%s: %s", hp, why);
     case CURLE_SSL_CONNECT_ERROR:
     case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CERTPROBLEM:
@@ -310,53 +403,58 @@ static int map_error(consul_http *h, CURLcode rc, consul_resp *rs)
     case CURLE_SSL_ENGINE_SETFAILED:
     case CURLE_SSL_ENGINE_INITFAILED:
     case CURLE_USE_SSL_FAILED:
-        return fail(rs, CONSUL_ETLS, "TLS with %s: %s", hp, why);
+        return consul_resp_fail(rs, CONSUL_ETLS, "TLS with %s: %s", hp, why);
     case CURLE_GOT_NOTHING:
     case CURLE_RECV_ERROR:
     case CURLE_SEND_ERROR:
-    case CURLE_PARTIAL_FILE: {
-        long opened = 0;
+    case CURLE_PARTIAL_FILE:
         curl_easy_getinfo(h->easy, CURLINFO_NUM_CONNECTS, &opened);
         /* A TLS peer that drops a connection it just accepted, before any status, refused
          * the handshake: typically a client certificate it requires and did not get. */
         if (rc != CURLE_PARTIAL_FILE && rs->status == 0 && opened > 0 &&
             strncmp(h->conf->base_url, "https:", 6) == 0)
-            return fail(rs, CONSUL_ETLS,
-                        "TLS with %s: the server ended the handshake (client certificate "
-                        "required?): %s", hp, why);
-        return fail(rs, CONSUL_ECLOSED, "%s closed the connection: %s", hp, why);
-    }
+            return consul_resp_fail(rs, CONSUL_ETLS,
+                                    "TLS with %s: the server ended the handshake (client "
+                                    "certificate required?): %s", hp, why);
+        return consul_resp_fail(rs, CONSUL_ECLOSED, "%s closed the connection: %s", hp, why);
     case CURLE_OUT_OF_MEMORY:
-        return fail(rs, CONSUL_ENOMEM, "out of memory%s%s", "", "");
+        if (sent > 0)  /* libcurl's word for an answer it would not hold */
+            return consul_resp_fail(rs, CONSUL_EDECODE, "%s: an answer libcurl refused: %s",
+                                    hp, why);
+        return consul_resp_fail(rs, CONSUL_ENOMEM, "out of memory");
     default:
-        return fail(rs, CONSUL_ECONNECT, "%s: %s", hp, why);
+        if (sent > 0 || rs->status > 0)
+            return consul_resp_fail(rs, CONSUL_EDECODE, "%s: a malformed answer: %s", hp, why);
+        return consul_resp_fail(rs, CONSUL_ECONNECT, "%s: %s", hp, why);
     }
 }
 
 /* Sets the handle up for rq; 0 ok, else rs->code. */
-static int prepare(consul_http *h, const consul_req *rq, consul_resp *rs)
+static int prepare(consul_http *h, const consul_req *rq, consul_resp *rs, consul_buf *out)
 {
     consul_conf *cf = h->conf;
     CURL *e = h->easy;
     const char *token = rq->token != NULL ? rq->token : cf->token;
-    long timeout = rq->timeout_ms > 0 ? rq->timeout_ms : cf->timeout_ms;
+    const char *p;
 
-    memset(rs, 0, sizeof *rs);
-    rs->known_leader = -1;
-    rs->last_contact = -1;
+    consul_resp_reset(rs);
     if (h->pid != getpid()) {
         /* Forked since: the kept-alive connection is the parent's too. Start afresh (closing
          * our copy of its socket leaves the parent's open). */
         curl_easy_cleanup(h->easy);
         h->easy = NULL;
         if (setup_easy(h) != 0)
-            return fail(rs, CONSUL_ENOMEM, "out of memory%s%s", "", "");
+            return consul_resp_fail(rs, CONSUL_ENOMEM, "out of memory");
         e = h->easy;
     }
     h->rq = rq;
     h->rs = rs;
+    h->out = out;
+    h->head_bytes = 0;
+    h->oversize = 0;
+    h->last_byte = consul_now_ms();
     h->errbuf[0] = '\0';
-    consul_buf_reset(&h->body);
+    consul_buf_reset(out);
     consul_buf_reset(&h->url);
     if (h->slist != NULL) {
         curl_slist_free_all(h->slist);
@@ -366,17 +464,21 @@ static int prepare(consul_http *h, const consul_req *rq, consul_resp *rs)
     if (consul_buf_adds(&h->url, cf->base_url) != 0 || consul_buf_adds(&h->url, rq->path) != 0 ||
         (rq->query != NULL && rq->query[0] != '\0' &&
          (consul_buf_add(&h->url, "?", 1) != 0 || consul_buf_adds(&h->url, rq->query) != 0)))
-        return fail(rs, CONSUL_ENOMEM, "out of memory%s%s", "", "");
+        return consul_resp_fail(rs, CONSUL_ENOMEM, "out of memory");
     /* "Expect:" keeps libcurl from waiting for a 100 Continue on large bodies. */
-    if (add_header(h, "%sExpect:", "") != 0 ||
-        (token != NULL && token[0] != '\0' && add_header(h, "X-Consul-Token: %s", token) != 0) ||
-        (rq->body != NULL &&
-         add_header(h, "Content-Type: %s",
-                    rq->content_type ? rq->content_type : "application/octet-stream") != 0))
-        return fail(rs, CONSUL_ENOMEM, "out of memory%s%s", "", "");
-    for (const struct curl_slist *x = rq->headers; x != NULL; x = x->next)
-        if (add_header(h, "%s", x->data) != 0)
-            return fail(rs, CONSUL_ENOMEM, "out of memory%s%s", "", "");
+    if (add_header(h, "Expect:", "", 0) != 0 ||
+        (token != NULL && token[0] != '\0' &&
+         add_header(h, "X-Consul-Token: ", token, strlen(token)) != 0) ||
+        (rq->body != NULL && rq->content_type != NULL &&
+         add_header(h, "Content-Type: ", rq->content_type, strlen(rq->content_type)) != 0))
+        return consul_resp_fail(rs, CONSUL_ENOMEM, "out of memory");
+    for (p = rq->headers; p != NULL && *p != '\0';) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl != NULL ? (size_t)(nl - p) : strlen(p);
+        if (add_header(h, "", p, n) != 0)
+            return consul_resp_fail(rs, CONSUL_ENOMEM, "out of memory");
+        p += n + (nl != NULL);
+    }
 
     curl_easy_setopt(e, CURLOPT_URL, h->url.data);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, h->slist);
@@ -384,28 +486,52 @@ static int prepare(consul_http *h, const consul_req *rq, consul_resp *rs)
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
         curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     } else {
-        /* POSTFIELDS gives a Content-Length (0 without a body); the method is replaced. */
+        /* POSTFIELDS sends the caller's bytes as they are (no copy) with a Content-Length
+         * (0 without a body); the method is replaced. */
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
                          (curl_off_t)(rq->body != NULL ? rq->body_len : 0));
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, rq->body != NULL ? rq->body : "");
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, rq->method);
     }
-    /* A blocking query may hold the answer for its wait, plus Consul's jitter of wait/16. */
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
-                     rq->timeout_ms < 0 ? 0L : timeout + rq->wait_ms + rq->wait_ms / 16);
+    if (rq->stream) {
+        /* No end to wait for: moving under 1 KiB a second for idle_ms ends it. A monitor
+         * steps its transfer itself and sets no idle limit here. */
+        long idle_s = (rq->idle_ms + 999) / 1000;
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 0L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, rq->idle_ms > 0 ? 1024L : 0L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, rq->idle_ms > 0 ? idle_s : 0L);
+    } else {
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, rq->timeout_ms > 0 ? rq->timeout_ms : 1L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 0L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, 0L);
+    }
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                     rq->timeout_ms > 0 && rq->timeout_ms < cf->timeout_ms ? rq->timeout_ms
+                                                                            : cf->timeout_ms);
     return 0;
 }
 
 static int finish(consul_http *h, const consul_req *rq, CURLcode rc, consul_resp *rs)
 {
     CURL *e = h->easy;
+    consul_buf *out = h->out;
+    long status = 0;
     curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &rs->connects);
-    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &rs->status);
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    if (rs->status == 0)
+        rs->status = status;
     h->rq = NULL;
     h->rs = NULL;
-    rs->body = h->body.data;
-    rs->body_len = h->body.len;
+    h->out = NULL;
+    if (consul_buf_reserve(out, 0) != 0) {
+        consul_resp_fail(rs, CONSUL_ENOMEM, "out of memory");
+        return rs->code;
+    }
+    rs->body = out->data;
+    rs->body_len = out->len;
 
+    if (h->oversize)
+        return rs->code;  /* our own limit: code and why are set */
     if (rc == CURLE_OK)
         rs->code = rs->status >= 200 && rs->status < 300 ? CONSUL_OK : CONSUL_EHTTP;
     else if (rc == CURLE_ABORTED_BY_CALLBACK || (rc == CURLE_WRITE_ERROR && rq->sink != NULL &&
@@ -416,21 +542,40 @@ static int finish(consul_http *h, const consul_req *rq, CURLcode rc, consul_resp
     return rs->code;
 }
 
-int consul_http_perform(consul_http *h, const consul_req *rq, consul_resp *rs)
+int consul_http_perform(consul_http *h, const consul_req *rq, consul_resp *rs, consul_buf *out)
 {
-    if (prepare(h, rq, rs) != 0)
+    if (prepare(h, rq, rs, out) != 0)
         return rs->code;
     return finish(h, rq, curl_easy_perform(h->easy), rs);
 }
 
-int consul_http_start(consul_http *h, CURLM *m, const consul_req *rq, consul_resp *rs)
+int consul_http_start(consul_http *h, CURLM *m, const consul_req *rq, consul_resp *rs,
+                      consul_buf *out)
 {
-    if (prepare(h, rq, rs) != 0)
+    if (prepare(h, rq, rs, out) != 0)
         return rs->code;
     if (curl_multi_add_handle(m, h->easy) != CURLM_OK)
         return finish(h, rq, CURLE_OUT_OF_MEMORY, rs);
-    h->multi_rq = rq;
     return CONSUL_OK;
+}
+
+int consul_http_finish(consul_http *h, CURLM *m, CURLcode rc, consul_resp *rs)
+{
+    const consul_req *rq = h->rq;
+    curl_multi_remove_handle(m, h->easy);
+    if (rq == NULL)
+        return rs->code;
+    h->rs = rs;
+    return finish(h, rq, rc, rs);
+}
+
+void consul_http_abort(consul_http *h, CURLM *m, consul_resp *rs)
+{
+    if (h->rq == NULL)
+        return;
+    curl_multi_remove_handle(m, h->easy);
+    h->rs = rs;
+    finish(h, h->rq, CURLE_ABORTED_BY_CALLBACK, rs);
 }
 
 int consul_http_step(consul_http *h, CURLM *m, int timeout_ms, consul_resp *rs)
@@ -448,27 +593,8 @@ int consul_http_step(consul_http *h, CURLM *m, int timeout_ms, consul_resp *rs)
         }
     if (!done && running)
         return 1;
-    curl_multi_remove_handle(m, h->easy);
-    finish(h, h->multi_rq, rc, rs);
-    h->multi_rq = NULL;
+    consul_http_finish(h, m, rc, rs);
     return 0;
-}
-
-int consul_http_finish(consul_http *h, CURLM *m, CURLcode rc, consul_resp *rs)
-{
-    curl_multi_remove_handle(m, h->easy);
-    finish(h, h->multi_rq, rc, rs);
-    h->multi_rq = NULL;
-    return rs->code;
-}
-
-void consul_http_abort(consul_http *h, CURLM *m, consul_resp *rs)
-{
-    if (h->multi_rq == NULL)
-        return;
-    curl_multi_remove_handle(m, h->easy);
-    finish(h, h->multi_rq, CURLE_ABORTED_BY_CALLBACK, rs);
-    h->multi_rq = NULL;
 }
 
 /* Why an HTTP failure failed, in one line: Consul's JSON Errors (a txn's), else the body's
@@ -476,34 +602,37 @@ void consul_http_abort(consul_http *h, CURLM *m, consul_resp *rs)
 static void failure_text(const consul_resp *rs, char *out, size_t n)
 {
     const char *b = rs->body ? rs->body : "";
-    int len;
+    size_t used = 0;
     out[0] = '\0';
-    if (rs->json) {
+    if (rs->json && rs->body != NULL) {
         cJSON *doc = cJSON_ParseWithLength(b, rs->body_len), *errs, *e;
-        size_t used = 0;
         int i = 0;
         errs = cJSON_GetObjectItemCaseSensitive(doc, "Errors");
         cJSON_ArrayForEach(e, errs) {
             cJSON *what = cJSON_GetObjectItemCaseSensitive(e, "What");
             cJSON *op = cJSON_GetObjectItemCaseSensitive(e, "OpIndex");
-            if (cJSON_IsString(what) && used < n) {
-                int k = snprintf(out + used, n - used, "%sop %d: %s", i++ ? "; " : "",
-                                 cJSON_IsNumber(op) ? op->valueint : 0, what->valuestring);
+            if (cJSON_IsString(what) && used + 1 < n) {
+                int k = snprintf(out + used, n - used, "%sop %d: %.200s", i++ ? "; " : "",
+                                 cJSON_IsNumber(op) && op->valuedouble >= 0 &&
+                                         op->valuedouble < 1e6 ? (int)op->valuedouble : 0,
+                                 what->valuestring);
                 used += k > 0 ? (size_t)k : 0;
+                if (used >= n)
+                    used = n - 1;
             }
         }
         cJSON_Delete(doc);
         if (out[0] != '\0')
             return;
     }
-    /* The body on one line: each run of white space becomes one space (Consul's multi-line
-     * errors put the reason after the first line break). */
+    /* The body on one line: each run of white space or control bytes becomes one space
+     * (Consul's multi-line errors put the reason after the first line break). */
     {
         size_t o = 0, i, cap = n - 1 < 300 ? n - 1 : 300;
         int space = 1;
         for (i = 0; i < rs->body_len && o < cap; i++) {
             unsigned char ch = (unsigned char)b[i];
-            if (ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n') {
+            if (ch <= ' ' || ch == 0x7f) {
                 if (!space)
                     out[o++] = ' ';
                 space = 1;
@@ -516,8 +645,7 @@ static void failure_text(const consul_resp *rs, char *out, size_t n)
             o--;
         out[o] = '\0';
     }
-    len = (int)strlen(out);
-    if (len == 0)
+    if (out[0] == '\0')
         snprintf(out, n, "%s", rs->reason);
 }
 
@@ -527,11 +655,11 @@ void consul_format_failure(char *out, size_t n, const char *method, const char *
     if (rs->code == CONSUL_EHTTP) {
         char why[512];
         failure_text(rs, why, sizeof why);
-        snprintf(out, n, "consul: %s %s: %ld%s%s", method, path, rs->status, why[0] ? " " : "",
-                 why);
-    } else if (rs->code == CONSUL_EDECODE) {
-        snprintf(out, n, "consul: %s %s: malformed JSON answer", method, path);
+        snprintf(out, n, "consul: %s %.300s: %ld%s%s", method, path, rs->status,
+                 why[0] ? " " : "", why);
+    } else if (rs->code == CONSUL_EDECODE && rs->error[0] == '\0') {
+        snprintf(out, n, "consul: %s %.300s: malformed answer", method, path);
     } else {
-        snprintf(out, n, "consul: %s %s: %s", method, path, rs->error);
+        snprintf(out, n, "consul: %s %.300s: %s", method, path, rs->error);
     }
 }

@@ -1,16 +1,25 @@
 /*
  * json.c: JSON in both directions.
  *
- * Decoding uses cJSON, which keeps numbers as doubles: 64-bit Flags and Raft indexes at or
- * above 2^53 would be rounded. Integers below 2^53 are exact as doubles and read from them.
- * The first time a larger one is read, the text's number tokens are found, in document order,
- * and each number node's valueint is replaced by the offset of its token: any integer can then
- * be read again exactly from its own digits. cJSON's children keep document order, so the two
- * walks agree. Most answers (a KV list, say) never need the second walk.
+ * Decoding uses cJSON, which keeps numbers as doubles and strings as C strings: 64-bit Flags
+ * and Raft indexes at or above 2^53 would be rounded, and a string holding "\u0000" cut.
+ *   - Integers below 2^53 are exact as doubles and read from them. The first time a larger
+ *     one is read, the text's number tokens are found, in document order, and each number
+ *     node's valueint is replaced by the offset of its token: any integer can then be read
+ *     again exactly from its own digits.
+ *   - A text holding "\u0000" (rare: memmem finds out) has its string tokens decoded again,
+ *     in document order, at parse time; those holding NUL bytes get buffers of their own,
+ *     whose lengths are kept in a table sorted by address.
+ * cJSON's children keep document order, so the walks agree. A raw NUL byte is not JSON.
  *
- * Encoding writes Lua values straight into a consul_buf (owned by the client, so an error
- * raised halfway leaks nothing).
+ * Pushing to Lua checks shapes as it goes: a KV record's fields have their types, a base64
+ * Value is base64; otherwise nothing is pushed and the answer is "decode". A large answer
+ * looks at the clock as it goes and gives up at the call's deadline ("timeout").
+ *
+ * Encoding writes Lua values straight into a consul_buf (owned by the call, so an error
+ * raised halfway leaks nothing). Every number that goes into a fixed buffer is bounded.
  */
+#define _GNU_SOURCE  /* memmem */
 #include "consul.h"
 
 #include <errno.h>
@@ -25,7 +34,22 @@ static const char empty_array_key = 0;
 #define NULL_UD ((void *)0)
 #define EMPTY_ARRAY_UD ((void *)&empty_array_key)
 
-/* ---- parsing ------------------------------------------------------------ */
+/* ---- tokens ----------------------------------------------------------------- */
+
+/* The end of the string token whose opening quote is at p: its closing quote, or NULL. */
+static const char *string_end(const char *p, const char *end)
+{
+    for (;;) {
+        const char *q = memchr(p + 1, '"', (size_t)(end - p - 1)), *b;
+        if (q == NULL)
+            return NULL;
+        for (b = q; b > p + 1 && b[-1] == '\\'; b--)
+            ;
+        if (((q - b) & 1) == 0)
+            return q;  /* not preceded by an odd run of backslashes */
+        p = q;
+    }
+}
 
 /* The next number token of the text from *pp (strings skipped), or NULL; *pp moves past it. */
 static const char *next_number(const char **pp, const char *end)
@@ -34,20 +58,10 @@ static const char *next_number(const char **pp, const char *end)
     while (p < end) {
         char ch = *p;
         if (ch == '"') {
-            /* Jump to the closing quote: one not preceded by an odd run of backslashes. */
-            for (;;) {
-                const char *q = memchr(p + 1, '"', (size_t)(end - p - 1)), *b;
-                if (q == NULL) {
-                    *pp = end;
-                    return NULL;  /* unterminated: cannot be, cJSON parsed it */
-                }
-                for (b = q; b > p + 1 && b[-1] == '\\'; b--)
-                    ;
-                p = q;
-                if (((q - b) & 1) == 0)
-                    break;
-            }
-            p++;
+            const char *q = string_end(p, end);
+            if (q == NULL)
+                break;  /* unterminated: cannot be, cJSON parsed it */
+            p = q + 1;
         } else if (ch == '-' || (ch >= '0' && ch <= '9')) {
             tok = p;
             while (p < end && ((*p >= '0' && *p <= '9') || *p == '-' || *p == '+' || *p == '.' ||
@@ -62,6 +76,20 @@ static const char *next_number(const char **pp, const char *end)
     *pp = end;
     return NULL;
 }
+
+/* The next string token from *pp: its contents [*tok, *tokend); 0, or -1 when none. */
+static int next_string(const char **pp, const char *end, const char **tok, const char **tokend)
+{
+    const char *p = memchr(*pp, '"', (size_t)(end - *pp)), *q;
+    if (p == NULL || (q = string_end(p, end)) == NULL)
+        return -1;
+    *tok = p + 1;
+    *tokend = q;
+    *pp = q + 1;
+    return 0;
+}
+
+/* ---- integers ------------------------------------------------------------------ */
 
 /* Both walks in document order at once: each number node's valueint becomes the offset of
  * its token. No allocation. 0 ok, -1 when they disagree (cannot be for valid JSON). */
@@ -80,39 +108,15 @@ static int number_nodes(cJSON *n, const char *t, const char **pp, const char *en
     return 0;
 }
 
-int consul_json_parse(consul_json *d, const char *text, size_t len)
-{
-    consul_json_free(d);
-    /* text[len] is '\0': counting it makes cJSON reject trailing garbage. */
-    d->root = cJSON_ParseWithLengthOpts(text, len + 1, NULL, 1);
-    if (d->root == NULL)
-        return -1;
-    d->text = text;
-    d->len = len;
-    return 0;
-}
-
 /* The second walk, once per document: 1 when every number node has its token's offset. */
 static int index_numbers(consul_json *d)
 {
     if (d->indexed == 0) {
         const char *p = d->text, *end = d->text + d->len;
-        /* a mismatch cannot happen for valid JSON; numbers are doubles then */
         d->indexed = number_nodes(d->root, d->text, &p, end) == 0 &&
                      next_number(&p, end) == NULL ? 1 : -1;
     }
     return d->indexed == 1;
-}
-
-void consul_json_free(consul_json *d)
-{
-    if (d->root != NULL) {
-        cJSON_Delete(d->root);
-        d->root = NULL;
-    }
-    d->text = NULL;
-    d->len = 0;
-    d->indexed = 0;
 }
 
 static const char *int_token(consul_json *d, const cJSON *n)
@@ -141,7 +145,7 @@ static int small_int(const cJSON *n, int64_t *out)
         *out = (int64_t)v;
         return 1;
     }
-    return 0;
+    return isnan(v) ? -1 : 0;
 }
 
 int consul_json_u64(consul_json *d, const cJSON *n, uint64_t *out)
@@ -192,6 +196,208 @@ int consul_json_i64(consul_json *d, const cJSON *n, int64_t *out)
     return 0;
 }
 
+/* ---- strings with NUL bytes ---------------------------------------------------- */
+
+static void put_utf8(char **o, unsigned long cp)
+{
+    char *p = *o;
+    if (cp < 0x80) {
+        *p++ = (char)cp;
+    } else if (cp < 0x800) {
+        *p++ = (char)(0xc0 | cp >> 6);
+        *p++ = (char)(0x80 | (cp & 0x3f));
+    } else if (cp < 0x10000) {
+        *p++ = (char)(0xe0 | cp >> 12);
+        *p++ = (char)(0x80 | ((cp >> 6) & 0x3f));
+        *p++ = (char)(0x80 | (cp & 0x3f));
+    } else {
+        *p++ = (char)(0xf0 | cp >> 18);
+        *p++ = (char)(0x80 | ((cp >> 12) & 0x3f));
+        *p++ = (char)(0x80 | ((cp >> 6) & 0x3f));
+        *p++ = (char)(0x80 | (cp & 0x3f));
+    }
+    *o = p;
+}
+
+static unsigned long hex4(const char *s)
+{
+    unsigned long v = 0;
+    int i;
+    for (i = 0; i < 4; i++) {
+        char c = s[i];
+        v = v << 4 | (unsigned long)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+    }
+    return v;
+}
+
+/* Decodes the contents of a string token (cJSON accepted it: its escapes are valid) into a
+ * new buffer; *len its length. NULL: out of memory. */
+static char *decode_token(const char *s, const char *end, size_t *len)
+{
+    char *buf = malloc((size_t)(end - s) + 1), *o = buf;
+    if (buf == NULL)
+        return NULL;
+    while (s < end) {
+        if (*s != '\\') {
+            *o++ = *s++;
+            continue;
+        }
+        switch (s[1]) {
+        case 'b': *o++ = '\b'; s += 2; break;
+        case 'f': *o++ = '\f'; s += 2; break;
+        case 'n': *o++ = '\n'; s += 2; break;
+        case 'r': *o++ = '\r'; s += 2; break;
+        case 't': *o++ = '\t'; s += 2; break;
+        case 'u': {
+            unsigned long cp = end - s >= 6 ? hex4(s + 2) : 0xfffd;
+            s += 6;
+            if (cp >= 0xd800 && cp < 0xdc00 && end - s >= 6 && s[0] == '\\' && s[1] == 'u') {
+                unsigned long lo = hex4(s + 2);
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                s += 6;
+            }
+            put_utf8(&o, cp);
+            break;
+        }
+        default: *o++ = s[1]; s += 2; break;  /* \" \\ \/ */
+        }
+    }
+    *o = '\0';
+    *len = (size_t)(o - buf);
+    return buf;
+}
+
+/* Re-decodes the token of a string (a value, or a key: *slot) when it holds an escaped NUL;
+ * 0 ok, -1 out of memory. */
+static int whole_string(consul_json *d, char **slot, const char *tok, const char *tokend,
+                        size_t *cap)
+{
+    char *buf;
+    size_t len;
+    if (memmem(tok, (size_t)(tokend - tok), "\\u0000", 6) == NULL)
+        return 0;
+    if ((buf = decode_token(tok, tokend, &len)) == NULL)
+        return -1;
+    if (memchr(buf, '\0', len) == NULL) {  /* "\\u0000": an escaped backslash, then text */
+        free(buf);
+        return 0;
+    }
+    if (d->nnul == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 8;
+        consul_jstr *t = realloc(d->nul, ncap * sizeof *t);
+        if (t == NULL) {
+            free(buf);
+            return -1;
+        }
+        d->nul = t;
+        *cap = ncap;
+    }
+    free(*slot);  /* cJSON's own copy, from malloc (no hooks are installed) */
+    *slot = buf;
+    d->nul[d->nnul].p = buf;
+    d->nul[d->nnul].len = len;
+    d->nnul++;
+    return 0;
+}
+
+static int string_nodes(consul_json *d, cJSON *n, int in_object, const char **pp,
+                        const char *end, size_t *cap)
+{
+    const char *tok, *tokend;
+    for (; n != NULL; n = n->next) {
+        if (in_object && (next_string(pp, end, &tok, &tokend) != 0 ||
+                          whole_string(d, &n->string, tok, tokend, cap) != 0))
+            return -1;
+        if (cJSON_IsString(n)) {
+            if (next_string(pp, end, &tok, &tokend) != 0 ||
+                whole_string(d, &n->valuestring, tok, tokend, cap) != 0)
+                return -1;
+        } else if (n->child != NULL &&
+                   string_nodes(d, n->child, cJSON_IsObject(n), pp, end, cap) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int cmp_jstr(const void *a, const void *b)
+{
+    const char *x = ((const consul_jstr *)a)->p, *y = ((const consul_jstr *)b)->p;
+    return x < y ? -1 : x > y;
+}
+
+static size_t str_len(const consul_json *d, const char *s)
+{
+    if (d->nnul > 0) {
+        consul_jstr key, *hit;
+        key.p = s;
+        hit = bsearch(&key, d->nul, d->nnul, sizeof key, cmp_jstr);
+        if (hit != NULL)
+            return hit->len;
+    }
+    return strlen(s);
+}
+
+const char *consul_json_str(const consul_json *d, const cJSON *n, size_t *len)
+{
+    if (!cJSON_IsString(n) || n->valuestring == NULL)
+        return NULL;
+    *len = str_len(d, n->valuestring);
+    return n->valuestring;
+}
+
+const char *consul_json_key(const consul_json *d, const cJSON *n, size_t *len)
+{
+    *len = str_len(d, n->string);
+    return n->string;
+}
+
+const char *consul_json_field_str(const consul_json *d, const cJSON *o, const char *name,
+                                  size_t *len)
+{
+    return consul_json_str(d, cJSON_GetObjectItemCaseSensitive(o, name), len);
+}
+
+/* ---- parse ------------------------------------------------------------------- */
+
+int consul_json_parse(consul_json *d, const char *text, size_t len)
+{
+    consul_json_free(d);
+    if (text == NULL || memchr(text, '\0', len) != NULL)
+        return -1;  /* a raw NUL byte is not JSON (and would cut a string) */
+    /* text[len] is '\0': counting it makes cJSON reject trailing garbage. */
+    d->root = cJSON_ParseWithLengthOpts(text, len + 1, NULL, 1);
+    if (d->root == NULL)
+        return -1;
+    d->text = text;
+    d->len = len;
+    if (memmem(text, len, "\\u0000", 6) != NULL) {
+        const char *p = text;
+        size_t cap = 0;
+        if (string_nodes(d, d->root, 0, &p, text + len, &cap) != 0) {
+            consul_json_free(d);
+            return -1;
+        }
+        if (d->nnul > 1)
+            qsort(d->nul, d->nnul, sizeof *d->nul, cmp_jstr);
+    }
+    return 0;
+}
+
+void consul_json_free(consul_json *d)
+{
+    if (d->root != NULL) {
+        cJSON_Delete(d->root);
+        d->root = NULL;
+    }
+    free(d->nul);
+    d->nul = NULL;
+    d->nnul = 0;
+    d->text = NULL;
+    d->len = 0;
+    d->indexed = 0;
+}
+
 /* ---- JSON to Lua ---------------------------------------------------------- */
 
 void consul_push_u64(lua_State *L, uint64_t v)
@@ -218,58 +424,86 @@ void consul_push_index(lua_State *L, uint64_t v)
     consul_push_u64(L, v);
 }
 
-int consul_to_u64(lua_State *L, int idx, uint64_t *out)
+int consul_to_u64(lua_State *L, int idx, uint64_t *out, int twos)
 {
     if (lua_type(L, idx) == LUA_TSTRING) {
-        const char *s = lua_tostring(L, idx);
+        size_t n;
+        const char *s = lua_tolstring(L, idx, &n);
         char *end;
         unsigned long long v;
-        if (*s < '0' || *s > '9')
+        if (n == 0 || n > 20 || *s < '0' || *s > '9')
             return -1;
         errno = 0;
         v = strtoull(s, &end, 10);
-        if (errno != 0 || *end != '\0')
+        if (errno != 0 || end != s + n)
             return -1;
         *out = (uint64_t)v;
         return 0;
     }
 #if LUA_VERSION_NUM >= 503
-    if (!lua_isinteger(L, idx))
+    if (!lua_isinteger(L, idx) || (!twos && lua_tointeger(L, idx) < 0))
         return -1;
     *out = (uint64_t)(int64_t)lua_tointeger(L, idx);
     return 0;
 #else
-    lua_Number v;
-    if (lua_type(L, idx) != LUA_TNUMBER)
-        return -1;
-    v = lua_tonumber(L, idx);
-    if (v != floor(v) || !(v >= -9223372036854775808.0 && v < 18446744073709551616.0))
-        return -1;
-    *out = v < 0 ? (uint64_t)(int64_t)v : (uint64_t)v;
-    return 0;
+    {
+        lua_Number v;
+        if (lua_type(L, idx) != LUA_TNUMBER)
+            return -1;
+        v = lua_tonumber(L, idx);
+        if (v != floor(v) || !(v >= (twos ? -9223372036854775808.0 : 0) &&
+                               v < 18446744073709551616.0))
+            return -1;
+        *out = v < 0 ? (uint64_t)(int64_t)v : (uint64_t)v;
+        return 0;
+    }
 #endif
 }
 
-static void push_number(lua_State *L, consul_json *d, const cJSON *n)
+/* What one push needs along the way. */
+typedef struct pusher {
+    lua_State *L;
+    consul_json *d;
+    int flags;
+    int64_t deadline;
+    unsigned budget;  /* nodes until the clock is read again */
+} pusher;
+
+static void push_number(pusher *p, const cJSON *n)
 {
     int64_t i;
     uint64_t u;
-    if (consul_json_i64(d, n, &i) == 0)
-        lua_pushinteger(L, (lua_Integer)i);
-    else if (consul_json_u64(d, n, &u) == 0)
-        consul_push_u64(L, u);
+    if (consul_json_i64(p->d, n, &i) == 0)
+        lua_pushinteger(p->L, (lua_Integer)i);
+    else if (consul_json_u64(p->d, n, &u) == 0)
+        consul_push_u64(p->L, u);
     else
-        lua_pushnumber(L, (lua_Number)n->valuedouble);
+        lua_pushnumber(p->L, (lua_Number)n->valuedouble);
 }
 
-/* A base64 "Value" is decoded in place in the answer's own tree: base64 only shrinks. */
-void consul_json_push_b64(lua_State *L, cJSON *n)
+static void push_string(pusher *p, const cJSON *n)
 {
-    long got = consul_base64_decode_inplace(n->valuestring, strlen(n->valuestring));
-    if (got < 0)
-        lua_pushstring(L, n->valuestring);  /* not base64 after all: hand it over as is */
-    else
-        lua_pushlstring(L, n->valuestring, (size_t)got);
+    size_t len = 0;
+    const char *s = consul_json_str(p->d, n, &len);
+    lua_pushlstring(p->L, s != NULL ? s : "", len);
+}
+
+/* A base64 string node pushed decoded (in place in the answer's own tree: base64 only
+ * shrinks, and the node is spent); null is "". Else CONSUL_EDECODE, nothing pushed. */
+static int push_b64(pusher *p, cJSON *n)
+{
+    size_t len;
+    const char *s;
+    long got;
+    if (cJSON_IsNull(n)) {
+        lua_pushliteral(p->L, "");  /* Consul writes an empty value as null */
+        return CONSUL_OK;
+    }
+    if ((s = consul_json_str(p->d, n, &len)) == NULL ||
+        (got = consul_base64_decode_inplace(n->valuestring, len)) < 0)
+        return CONSUL_EDECODE;
+    lua_pushlstring(p->L, s, (size_t)got);
+    return CONSUL_OK;
 }
 
 /* The keys of the objects of one array: records of a list name the same fields in the same
@@ -280,12 +514,16 @@ typedef struct keycache {
     const char *name[KEYS];  /* names of the previous object, alive as long as the document */
 } keycache;
 
-static void push_value(lua_State *L, consul_json *d, cJSON *n, int flags, keycache *kc);
+static int push_value(pusher *p, cJSON *n, keycache *kc);
 
-static void push_key(lua_State *L, const char *name, int i, keycache *kc)
+static void push_key(pusher *p, const cJSON *c, int i, keycache *kc)
 {
-    if (kc == NULL || i >= KEYS) {
-        lua_pushstring(L, name);
+    lua_State *L = p->L;
+    const char *name = c->string;
+    if (p->d->nnul > 0 || kc == NULL || i >= KEYS) {
+        size_t len;
+        const char *k = consul_json_key(p->d, c, &len);
+        lua_pushlstring(L, k, len);
     } else if (kc->name[i] != NULL && strcmp(kc->name[i], name) == 0) {
         lua_rawgeti(L, kc->idx, i + 1);
     } else {
@@ -296,71 +534,148 @@ static void push_key(lua_State *L, const char *name, int i, keycache *kc)
     }
 }
 
-static void push_object(lua_State *L, consul_json *d, cJSON *n, int flags, keycache *kc)
+/* A KV record's field: 1 when the name is one of a record's, with *ok its value's check. */
+static int record_field(pusher *p, const cJSON *c, int *ok)
 {
-    cJSON *c;
-    int i = 0;
-    lua_createtable(L, 0, 8);
-    for (c = n->child; c != NULL; c = c->next, i++) {
-        int is_value = c->string[0] == 'V' ? (flags & CONSUL_JSON_B64VALUE) &&
-                                                 strcmp(c->string, "Value") == 0
-                     : c->string[0] == 'P' && (flags & CONSUL_JSON_B64PAYLOAD) &&
-                           strcmp(c->string, "Payload") == 0;
-        if (cJSON_IsNull(c) && !(is_value && c->string[0] == 'V'))
-            continue;  /* an absent field reads as nil */
-        push_key(L, c->string, i, kc);
-        if (is_value && cJSON_IsString(c))
-            consul_json_push_b64(L, c);
-        else if (is_value && cJSON_IsNull(c))
-            lua_pushliteral(L, "");  /* Consul writes an empty KV value as null */
-        else
-            push_value(L, d, c, flags, NULL);
-        lua_rawset(L, -3);
+    const char *k = c->string;
+    uint64_t u;
+    switch (k[0]) {
+    case 'K':
+        if (strcmp(k, "Key") != 0)
+            return 0;
+        *ok = cJSON_IsString(c);
+        return 1;
+    case 'S':
+        if (strcmp(k, "Session") != 0)
+            return 0;
+        *ok = cJSON_IsString(c) || cJSON_IsNull(c);
+        return 1;
+    case 'F':
+    case 'C':
+    case 'M':
+    case 'L':
+        if (strcmp(k, "Flags") != 0 && strcmp(k, "CreateIndex") != 0 &&
+            strcmp(k, "ModifyIndex") != 0 && strcmp(k, "LockIndex") != 0)
+            return 0;
+        *ok = consul_json_u64(p->d, c, &u) == 0;
+        return 1;
     }
+    return 0;
 }
 
-static void push_value(lua_State *L, consul_json *d, cJSON *n, int flags, keycache *kc)
+static int push_object(pusher *p, cJSON *n, keycache *kc, int record)
 {
+    lua_State *L = p->L;
+    cJSON *c;
+    int i = 0, rc, has_key = 0;
+    lua_createtable(L, 0, 8);
+    for (c = n->child; c != NULL; c = c->next, i++) {
+        int b64 = 0, ok = 1;
+        if (c->string[0] == 'V')
+            b64 = (p->flags & CONSUL_JSON_B64VALUE) && strcmp(c->string, "Value") == 0;
+        else if (c->string[0] == 'P')
+            b64 = (p->flags & CONSUL_JSON_B64PAYLOAD) && strcmp(c->string, "Payload") == 0 &&
+                  !cJSON_IsNull(c);
+        if (record && !b64 && record_field(p, c, &ok)) {
+            if (!ok)
+                return CONSUL_EDECODE;
+            has_key |= c->string[0] == 'K';
+        }
+        if (cJSON_IsNull(c) && !b64)
+            continue;  /* an absent field reads as nil */
+        push_key(p, c, i, kc);
+        rc = b64 ? push_b64(p, c) : push_value(p, c, NULL);
+        if (rc != CONSUL_OK)
+            return rc;
+        lua_rawset(L, -3);
+    }
+    return record && !has_key ? CONSUL_EDECODE : CONSUL_OK;
+}
+
+static int push_array(pusher *p, cJSON *n, int records)
+{
+    lua_State *L = p->L;
     cJSON *c;
     lua_Integer i = 0;
+    /* several objects: their keys go through a cache of this array's own */
+    int cached = cJSON_IsObject(n->child) && n->child->next != NULL, rc;
+    keycache own;
+    if (cached) {
+        memset(&own, 0, sizeof own);
+        lua_createtable(L, KEYS, 0);
+        own.idx = lua_gettop(L);
+    }
+    lua_createtable(L, cJSON_GetArraySize(n), 0);
+    for (c = n->child; c != NULL; c = c->next) {
+        if (records) {
+            if (!cJSON_IsObject(c))
+                return CONSUL_EDECODE;
+            rc = push_object(p, c, cached ? &own : NULL, 1);
+        } else {
+            rc = push_value(p, c, cached && cJSON_IsObject(c) ? &own : NULL);
+        }
+        if (rc != CONSUL_OK)
+            return rc;
+        lua_rawseti(L, -2, (int)++i);
+    }
+    if (cached)
+        lua_remove(L, own.idx);
+    return CONSUL_OK;
+}
+
+static int push_value(pusher *p, cJSON *n, keycache *kc)
+{
+    lua_State *L = p->L;
     luaL_checkstack(L, 6, "JSON nested too deep");
+    if (--p->budget == 0) {
+        p->budget = 4096;
+        if (consul_now_ms() > p->deadline)
+            return CONSUL_ETIMEOUT;
+    }
     switch (n->type & 0xff) {
     case cJSON_False: lua_pushboolean(L, 0); break;
     case cJSON_True: lua_pushboolean(L, 1); break;
     case cJSON_NULL: lua_pushlightuserdata(L, NULL_UD); break;
-    case cJSON_Number: push_number(L, d, n); break;
-    case cJSON_String: lua_pushstring(L, n->valuestring); break;
-    case cJSON_Array: {
-        /* several objects: their keys go through a cache of this array's own */
-        int cached = cJSON_IsObject(n->child) && n->child->next != NULL;
-        keycache own;
-        if (cached) {
-            memset(&own, 0, sizeof own);
-            lua_createtable(L, KEYS, 0);
-            own.idx = lua_gettop(L);
-        }
-        lua_createtable(L, cJSON_GetArraySize(n), 0);
-        for (c = n->child; c != NULL; c = c->next) {
-            push_value(L, d, c, flags, cached && cJSON_IsObject(c) ? &own : NULL);
-            lua_rawseti(L, -2, (int)++i);
-        }
-        if (cached)
-            lua_remove(L, own.idx);
-        break;
+    case cJSON_Number: push_number(p, n); break;
+    case cJSON_String: push_string(p, n); break;
+    case cJSON_Array: return push_array(p, n, 0);
+    case cJSON_Object: return push_object(p, n, kc, 0);
+    default: return CONSUL_EDECODE;
     }
-    case cJSON_Object: push_object(L, d, n, flags, kc); break;
-    default: lua_pushnil(L); break;
-    }
+    return CONSUL_OK;
 }
 
-void consul_json_push(lua_State *L, consul_json *d, cJSON *n, int flags)
+int consul_json_push(lua_State *L, consul_json *d, cJSON *node, int flags, int64_t deadline)
 {
-    push_value(L, d, n == NULL ? d->root : n, flags, NULL);
+    pusher p;
+    int top = lua_gettop(L), rc;
+    p.L = L;
+    p.d = d;
+    p.flags = flags;
+    p.deadline = deadline;
+    p.budget = 4096;
+    if (node == NULL)
+        node = d->root;
+    if (!(flags & CONSUL_JSON_KVREC))
+        rc = push_value(&p, node, NULL);
+    else if (cJSON_IsObject(node))
+        rc = push_object(&p, node, NULL, 1);
+    else if (cJSON_IsArray(node))
+        rc = push_array(&p, node, 1);
+    else
+        rc = CONSUL_EDECODE;
+    if (rc != CONSUL_OK)
+        lua_settop(L, top);
+    else
+        lua_settop(L, top + 1);  /* the value, without what a failed branch left */
+    return rc;
 }
 
 /* ---- Lua to JSON ---------------------------------------------------------- */
 
 #define ENC_MAXDEPTH 64
+/* A Go duration is int64 nanoseconds: at most 2^63 ns, about 292 years. */
+#define MAX_DURATION_S 9223372036.0
 
 typedef struct enc {
     lua_State *L;
@@ -379,33 +694,6 @@ static void enc_raw(enc *e, const char *s, size_t n)
         enc_oom(e);
 }
 
-static void enc_string(enc *e, const char *s, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t i, run = 0;
-    enc_raw(e, "\"", 1);
-    for (i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch >= 0x20 && ch != '"' && ch != '\\' && ch != 0x7f)
-            continue;
-        enc_raw(e, s + run, i - run);
-        run = i + 1;
-        switch (ch) {
-        case '"': enc_raw(e, "\\\"", 2); break;
-        case '\\': enc_raw(e, "\\\\", 2); break;
-        case '\n': enc_raw(e, "\\n", 2); break;
-        case '\r': enc_raw(e, "\\r", 2); break;
-        case '\t': enc_raw(e, "\\t", 2); break;
-        default: {
-            char u[6] = { '\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15] };
-            enc_raw(e, u, 6);
-        }
-        }
-    }
-    enc_raw(e, s + run, n - run);
-    enc_raw(e, "\"", 1);
-}
-
 static void enc_value(enc *e, int idx, const char *key, int depth);
 
 static void enc_number(enc *e, int idx, const char *key)
@@ -417,22 +705,29 @@ static void enc_number(enc *e, int idx, const char *key)
     int duration = key != NULL && (e->flags & CONSUL_JSON_DURATIONS) &&
                    (strcmp(key, "TTL") == 0 || strcmp(key, "LockDelay") == 0);
     uint64_t u;
-    if (key != NULL && strcmp(key, "Flags") == 0 && consul_to_u64(L, idx, &u) == 0) {
+    if (key != NULL && strcmp(key, "Flags") == 0 && consul_to_u64(L, idx, &u, 1) == 0) {
         /* uint64: a 5.4 integer above 2^63 is negative, a 5.1 one a large double */
         n = snprintf(num, sizeof num, "%llu", (unsigned long long)u);
-    } else if (consul_isinteger(L, idx)) {
-        int64_t v = (int64_t)lua_tointeger(L, idx);
-        if (duration)
-            n = snprintf(num, sizeof num, "\"%llds\"", (long long)v);
+    } else if (duration) {
+        double v = (double)lua_tonumber(L, idx);
+        if (!(v >= 0 && v <= MAX_DURATION_S)) {
+            lua_pushfstring(L, "%s must be 0..%f seconds", key, MAX_DURATION_S);
+            luaL_argerror(L, e->arg, lua_tostring(L, -1));
+        }
+        if (consul_isinteger(L, idx))
+            n = snprintf(num, sizeof num, "\"%llds\"", (long long)lua_tointeger(L, idx));
         else
-            n = snprintf(num, sizeof num, "%lld", (long long)v);
+            n = snprintf(num, sizeof num, "\"%.3fs\"", v);  /* never in exponent form */
+    } else if (consul_isinteger(L, idx)) {
+        n = snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, idx));
     } else {
         double v = (double)lua_tonumber(L, idx);
         if (isnan(v) || isinf(v))
             luaL_argerror(L, e->arg, "cannot encode NaN or infinity as JSON");
-        /* a Go duration never in exponent form ("1e+10s" is none) */
-        n = snprintf(num, sizeof num, duration ? "\"%.3fs\"" : "%.17g", v);
+        n = snprintf(num, sizeof num, "%.17g", v);
     }
+    if (n < 0 || (size_t)n >= sizeof num)
+        luaL_argerror(L, e->arg, "cannot encode this number");
     enc_raw(e, num, (size_t)n);
 }
 
@@ -462,6 +757,12 @@ static lua_Integer table_kind(enc *e, int idx)
     if (count > 0 && max != count)
         luaL_argerror(L, e->arg, "cannot encode a sparse array as JSON");
     return count;
+}
+
+static void enc_string(enc *e, const char *s, size_t n)
+{
+    if (consul_buf_add_json_string(e->b, s, n) != 0)
+        enc_oom(e);
 }
 
 static void enc_table(enc *e, int idx, int depth)
@@ -553,22 +854,10 @@ void consul_json_encode(lua_State *L, int idx, int arg, consul_buf *b, int flags
     enc_value(&e, consul_absindex(L, idx), NULL, 0);
 }
 
-static int consul_json_null(lua_State *L)
-{
-    lua_pushlightuserdata(L, NULL_UD);
-    return 1;
-}
-
-static int consul_json_empty_array(lua_State *L)
-{
-    lua_pushlightuserdata(L, EMPTY_ARRAY_UD);
-    return 1;
-}
-
 void consul_json_open(lua_State *L)
 {
-    consul_json_null(L);
+    lua_pushlightuserdata(L, NULL_UD);
     lua_setfield(L, -2, "null");
-    consul_json_empty_array(L);
+    lua_pushlightuserdata(L, EMPTY_ARRAY_UD);
     lua_setfield(L, -2, "empty_array");
 }

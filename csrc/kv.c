@@ -1,7 +1,9 @@
 /*
  * kv.c: the KV methods. The three KV routes of routes.c, shaped as a Lua user wants them:
- * get returns the value with its record in meta, record and list decode the base64 values,
- * keys lists names, pairs iterates, put and delete return Consul's true or false.
+ * get reads ?raw (the value's bytes, straight into one Lua string), record and list decode
+ * the JSON records (base64 values, exact flags and indexes, every field checked), keys lists
+ * names, pairs iterates, put and delete return Consul's true or false. An answer of another
+ * shape is nil, err, {code = "decode"}.
  */
 #include "consul.h"
 
@@ -12,146 +14,67 @@ static void forbid(lua_State *L, int idx, const char *name, const char *use)
 {
     if (lua_type(L, idx) != LUA_TTABLE)
         return;
-    lua_getfield(L, idx, name);
+    lua_pushstring(L, name);
+    lua_rawget(L, idx);
     if (!lua_isnil(L, -1)) {
         lua_pushfstring(L, "option '%s' is not for this method (use %s)", name, use);
-        luaL_argerror(L, idx, lua_tostring(L, -1));
+        consul_argerror(L, idx, lua_tostring(L, -1));
     }
     lua_pop(L, 1);
 }
 
-/* GET /v1/kv/<key> with opts at 3 and an extra flag; leaves meta on top, or returns the
- * number of values of an absent or failed answer already pushed (3). */
-static int kv_read(lua_State *L, consul_client *c, const char *flag, consul_resp *rs)
+/* GET /v1/kv/<key>[?flag] with opts at 3: the op, its box at 5 (the client at 4). */
+static int kv_read(lua_State *L, const char *flag, int answer, int key_optional)
 {
-    consul_call call;
-    int n;
-    if (lua_gettop(L) > 3)
-        return luaL_error(L, "too many arguments (key and options expected)");
-    lua_settop(L, 3);
+    consul_client *c;
+    consul_op *op;
+    consul_checkargs(L, 3, "key and options expected");
+    c = consul_group_client(L, 3);                 /* 4 */
+    if (key_optional && lua_isnil(L, 2)) {
+        lua_pushliteral(L, "");
+        lua_replace(L, 2);  /* the whole store */
+    }
     if (!lua_isnil(L, 3))
-        luaL_checktype(L, 3, LUA_TTABLE);
-    forbid(L, 3, "recurse", "kv:list");
-    forbid(L, 3, "keys", "kv:keys");
-    memset(&call, 0, sizeof call);
-    call.method = "GET";
-    call.answer = CONSUL_ANS_NONE;
-    call.json_flags = CONSUL_JSON_B64VALUE;
-    consul_path_begin(L, c, "/v1/kv/");
-    consul_path_add(L, c, 2, 1);
-    consul_opts(L, 3, c, &call, 0);
+        consul_checktype(L, 3, LUA_TTABLE);
+    if (answer != CONSUL_ANS_RECORDS && answer != CONSUL_ANS_PAIRS)
+        forbid(L, 3, "recurse", "kv:list");
+    if (answer != CONSUL_ANS_KEYS)
+        forbid(L, 3, "keys", "kv:keys");
+    if (answer != CONSUL_ANS_KEYS)
+        forbid(L, 3, "separator", "kv:keys");
+    op = consul_op_new(L, c);                      /* 5 */
+    op->m.rq.method = "GET";
+    op->answer = answer;
+    consul_op_path(L, op, "/v1/kv/");
+    consul_op_path_arg(L, op, 2, 1);
     if (flag != NULL)
-        consul_query_add(L, c, flag, NULL, 0);
-    n = consul_client_call(L, c, &call, rs);
-    if (n == 0 && !cJSON_IsArray(c->doc.root)) {
-        lua_pop(L, 1);
-        rs->code = CONSUL_EDECODE;
-        return consul_push_failure(L, c, &call, rs);
-    }
-    return n;
+        consul_op_query(L, op, flag, NULL, 0);
+    consul_op_opts(L, 3, op, 0);
+    return consul_op_call(L, c, op, 5);
 }
 
-/* value, nil, meta from the pushed value below meta */
-static int result3(lua_State *L)
-{
-    lua_insert(L, -2);  /* value, meta */
-    lua_pushnil(L);
-    lua_insert(L, -2);  /* value, nil, meta */
-    return 3;
-}
-
-static void meta_u64(lua_State *L, consul_json *d, cJSON *rec, const char *field,
-                     const char *name)
-{
-    uint64_t v;
-    if (consul_json_u64(d, cJSON_GetObjectItemCaseSensitive(rec, field), &v) == 0) {
-        consul_push_u64(L, v);
-        lua_setfield(L, -2, name);
-    }
-}
-
-/* c.kv:get(key[, opts]) --> value | nil, err, meta (flags, session, *_index in meta) */
+/* c.kv:get(key[, opts]) --> value | nil (absent), nil, meta */
 static int kv_get(lua_State *L)
 {
-    consul_client *c = consul_group_client(L);
-    consul_resp rs;
-    cJSON *rec, *v, *s;
-    int n = kv_read(L, c, NULL, &rs);
-    if (n != 0)
-        return n;
-    rec = c->doc.root->child;                                   /* meta */
-    if (rec == NULL) {
-        lua_pushnil(L);
-        return result3(L);
-    }
-    meta_u64(L, &c->doc, rec, "Flags", "flags");
-    meta_u64(L, &c->doc, rec, "LockIndex", "lock_index");
-    meta_u64(L, &c->doc, rec, "CreateIndex", "create_index");
-    meta_u64(L, &c->doc, rec, "ModifyIndex", "modify_index");
-    s = cJSON_GetObjectItemCaseSensitive(rec, "Session");
-    if (cJSON_IsString(s)) {
-        lua_pushstring(L, s->valuestring);
-        lua_setfield(L, -2, "session");
-    }
-    v = cJSON_GetObjectItemCaseSensitive(rec, "Value");
-    if (cJSON_IsString(v)) {
-        consul_json_push_b64(L, v);                             /* meta, value */
-    } else {
-        lua_pushliteral(L, "");  /* an empty value is null in Consul's JSON */
-    }
-    return result3(L);
+    return kv_read(L, "raw", CONSUL_ANS_RAW, 0);
 }
 
 /* c.kv:record(key[, opts]) --> { Key=, Value=, Flags=, ... } | nil */
 static int kv_record(lua_State *L)
 {
-    consul_client *c = consul_group_client(L);
-    consul_resp rs;
-    int n = kv_read(L, c, NULL, &rs);
-    if (n != 0)
-        return n;
-    if (c->doc.root->child == NULL)
-        lua_pushnil(L);
-    else
-        consul_json_push(L, &c->doc, c->doc.root->child, CONSUL_JSON_B64VALUE);
-    return result3(L);
+    return kv_read(L, NULL, CONSUL_ANS_RECORD, 0);
 }
 
-/* The answer of list and keys: an absent prefix is an empty array, not nil. */
-static int kv_array(lua_State *L, const char *flag)
-{
-    consul_client *c = consul_group_client(L);
-    consul_resp rs;
-    int n;
-    if (lua_isnoneornil(L, 2)) {
-        lua_settop(L, 3);
-        lua_pushliteral(L, "");
-        lua_replace(L, 2);  /* the whole store */
-    }
-    if (strcmp(flag, "recurse") == 0)
-        forbid(L, 3, "separator", "kv:keys");
-    n = kv_read(L, c, flag, &rs);
-    if (n == 3 && lua_isnil(L, -3) && lua_isnil(L, -2)) {
-        lua_newtable(L);
-        lua_replace(L, -4);
-        return 3;
-    }
-    if (n != 0)
-        return n;
-    consul_json_push(L, &c->doc, c->doc.root, CONSUL_JSON_B64VALUE);
-    return result3(L);
-}
-
-/* c.kv:list(prefix[, opts]) --> array of records */
+/* c.kv:list(prefix[, opts]) --> array of records ({} when nothing is there) */
 static int kv_list(lua_State *L)
 {
-    return kv_array(L, "recurse");
+    return kv_read(L, "recurse", CONSUL_ANS_RECORDS, 1);
 }
 
-/* c.kv:keys(prefix[, opts]) --> array of key strings */
+/* c.kv:keys(prefix[, opts]) --> array of key strings ({} when nothing is there) */
 static int kv_keys(lua_State *L)
 {
-    return kv_array(L, "keys");
+    return kv_read(L, "keys", CONSUL_ANS_KEYS, 1);
 }
 
 static int kv_next(lua_State *L)
@@ -167,61 +90,65 @@ static int kv_next(lua_State *L)
     return 2;
 }
 
-/* for key, value in c.kv:pairs(prefix[, opts]) do ... end: raises when the list fails */
-static int kv_pairs(lua_State *L)
+void consul_kv_pairs_iter(lua_State *L)
 {
-    if (kv_list(L) != 3 || lua_isnil(L, -3))
-        return luaL_error(L, "%s", lua_tostring(L, -2));
-    lua_pop(L, 2);
     lua_pushinteger(L, 0);
     lua_pushcclosure(L, kv_next, 2);
-    return 1;
+}
+
+/* for key, value in c.kv:pairs(prefix[, opts]) do ... end: raises when the list fails (a
+ * for loop has no place for nil, err) */
+static int kv_pairs(lua_State *L)
+{
+    return kv_read(L, "recurse", CONSUL_ANS_PAIRS, 1);
 }
 
 /* c.kv:put(key, value[, opts]) --> true | false (opts: cas, flags, acquire, release) */
 static int kv_put(lua_State *L)
 {
-    consul_client *c = consul_group_client(L);
-    consul_call call;
-    consul_resp rs;
-    if (lua_gettop(L) > 4)
-        return luaL_error(L, "too many arguments (key, value and options expected)");
-    lua_settop(L, 4);
-    memset(&call, 0, sizeof call);
-    call.method = "PUT";
-    consul_path_begin(L, c, "/v1/kv/");
-    consul_path_add(L, c, 2, 1);
-    if (lua_type(L, 3) == LUA_TSTRING)
-        call.body = lua_tolstring(L, 3, &call.body_len);
-    else if (!lua_isnil(L, 3))
-        return luaL_argerror(L, 3, lua_pushfstring(L, "string expected, got %s",
-                                                   luaL_typename(L, 3)));
-    else
-        call.body = "";
+    consul_client *c;
+    consul_op *op;
+    consul_checkargs(L, 4, "key, value and options expected");
+    c = consul_group_client(L, 4);                 /* 5 */
+    if (lua_type(L, 3) != LUA_TSTRING && !lua_isnil(L, 3))
+        return consul_argerror(L, 3, lua_pushfstring(L, "string expected, got %s",
+                                                     luaL_typename(L, 3)));
     if (!lua_isnil(L, 4))
-        luaL_checktype(L, 4, LUA_TTABLE);
+        consul_checktype(L, 4, LUA_TTABLE);
     forbid(L, 4, "recurse", "kv:delete");
-    consul_opts(L, 4, c, &call, 0);
-    return consul_client_call(L, c, &call, &rs);
+    op = consul_op_new(L, c);                      /* 6 */
+    op->m.rq.method = "PUT";
+    op->answer = CONSUL_ANS_BOOL;
+    consul_op_path(L, op, "/v1/kv/");
+    consul_op_path_arg(L, op, 2, 1);
+    op->m.rq.content_type = "application/octet-stream";
+    if (lua_isnil(L, 3)) {
+        op->m.rq.body = "";
+    } else {
+        /* the Lua string's bytes go out as they are: no copy */
+        op->m.rq.body = lua_tolstring(L, 3, &op->m.rq.body_len);
+        consul_op_keep(L, op, 3);
+    }
+    consul_op_opts(L, 4, op, 0);
+    return consul_op_call(L, c, op, 6);
 }
 
 /* c.kv:delete(key[, opts]) --> true | false (opts: recurse, cas) */
 static int kv_delete(lua_State *L)
 {
-    consul_client *c = consul_group_client(L);
-    consul_call call;
-    consul_resp rs;
-    if (lua_gettop(L) > 3)
-        return luaL_error(L, "too many arguments (key and options expected)");
-    lua_settop(L, 3);
-    memset(&call, 0, sizeof call);
-    call.method = "DELETE";
-    consul_path_begin(L, c, "/v1/kv/");
-    consul_path_add(L, c, 2, 1);
+    consul_client *c;
+    consul_op *op;
+    consul_checkargs(L, 3, "key and options expected");
+    c = consul_group_client(L, 3);                 /* 4 */
     if (!lua_isnil(L, 3))
-        luaL_checktype(L, 3, LUA_TTABLE);
-    consul_opts(L, 3, c, &call, 0);
-    return consul_client_call(L, c, &call, &rs);
+        consul_checktype(L, 3, LUA_TTABLE);
+    op = consul_op_new(L, c);                      /* 5 */
+    op->m.rq.method = "DELETE";
+    op->answer = CONSUL_ANS_BOOL;
+    consul_op_path(L, op, "/v1/kv/");
+    consul_op_path_arg(L, op, 2, 1);
+    consul_op_opts(L, 3, op, 0);
+    return consul_op_call(L, c, op, 5);
 }
 
 static const luaL_Reg kv_methods[] = {

@@ -2,224 +2,460 @@
  * lock.c: distributed locks, in the wire format of Consul's own `consul lock` and Go client
  * (api/lock.go): the key carries Flags 0x2ddccbc058a50c18 and the holder's session.
  *
- * Acquire (in the caller's thread, over the client's connection): read the key; other flags
- * is a conflict; our session means held; another session means wait for the key to change
- * with a blocking query; free means take it. Taking it is one transaction (lock + the entry
- * back), so the fence (the key's ModifyIndex with our session in it) costs no extra request.
- * A refused take with no holder is lock-delay: wait it out, do not spin. A session the lock
- * created is renewed while waiting, and destroyed when the attempt fails.
+ * Acquire (a machine, mach.c): read the key; other flags is a conflict; our session means
+ * held; another session means wait for the key to change with a blocking query; free means
+ * take it. Taking it is one transaction (lock + the entry back), so the fence (the key's
+ * ModifyIndex with our session in it) costs no extra request. A refused take with no holder
+ * is lock-delay: wait it out, do not spin. A session the lock created is renewed while
+ * waiting. A failure worth retrying (the agent unreachable, a 5xx, a timeout) is retried with
+ * backoff until `wait` runs out. `wait` is a deadline: no request runs past it by more than
+ * a second, and a failed attempt's session is left to the renewer to destroy (renew.c).
  *
- * Once held, renew.c's thread keeps the session alive and watches the key. Release is
- * PUT ?release=<session>&flags=<lock flags> with the value, as Go's Unlock does (a PUT
- * without flags would reset them to 0), then destroying a session the lock created.
+ * Release (a machine too, run by the caller or by the renewer): PUT ?release=<session>&
+ * flags=<lock flags> with the value, as Go's Unlock does (a PUT without flags would reset
+ * them to 0), then destroying a session the lock created.
+ *
+ * Keys are any bytes (escaped for the URL and for JSON); a session ID from the server is
+ * checked before it is kept, and escaped wherever it goes.
  */
 #include "consul.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#define GRACE_MS 1000     /* how far past `wait` a request may run */
+#define RETRY_MIN_MS 100  /* backoff after a failure worth retrying, doubling */
+#define RETRY_MAX_MS 1000
 
-/* One transaction: lock the key with our session, flags and value; 1 taken (fence set),
- * 0 refused, or a failure code (negative). */
-static int take(consul_lock *lk, attempt *a)
+const char *consul_lock_name(const consul_lock *lk, char *out, size_t n)
 {
-    cJSON *kv;
-    uint64_t mi;
-    consul_buf_reset(&a->body);
-    if (consul_buf_adds(&a->body, "[{\"KV\":{\"Verb\":\"lock\",\"Key\":") != 0)
-        return -CONSUL_ENOMEM;
-    {
-        /* the key as a JSON string: escape what JSON needs */
-        const char *k;
-        if (consul_buf_add(&a->body, "\"", 1) != 0)
-            return -CONSUL_ENOMEM;
-        for (k = lk->key; *k; k++) {
-            unsigned char ch = (unsigned char)*k;
-            int rc = ch == '"' || ch == '\\' ? consul_buf_addf(&a->body, "\\%c", ch)
-                     : ch < 0x20            ? consul_buf_addf(&a->body, "\\u%04x", ch)
-                                            : consul_buf_add(&a->body, k, 1);
-            if (rc != 0)
-                return -CONSUL_ENOMEM;
-        }
-    }
-    if (consul_buf_addf(&a->body, "\",\"Flags\":%llu,\"Session\":\"%s\",\"Value\":\"",
-                        (unsigned long long)lk->flags, lk->session) != 0 ||
-        consul_buf_add_base64(&a->body, (const unsigned char *)lk->value, lk->value_len) != 0 ||
-        consul_buf_adds(&a->body, "\"}}]") != 0)
-        return -CONSUL_ENOMEM;
-    consul_att_send(a, "PUT", "/v1/txn", NULL, a->body.data, a->body.len, 0);
-    if (a->rs.status == 409)
-        return 0;  /* refused: held, or lock-delay */
-    if (a->rs.code != CONSUL_OK)
-        return -consul_att_failed(a);
-    if (consul_att_parse(a) != CONSUL_OK)
-        return -a->rs.code;
-    kv = cJSON_GetObjectItemCaseSensitive(a->doc.root, "Results");
-    kv = cJSON_IsArray(kv) && kv->child ? cJSON_GetObjectItemCaseSensitive(kv->child, "KV") : NULL;
-    if (consul_json_u64(&a->doc, cJSON_GetObjectItemCaseSensitive(kv, "ModifyIndex"), &mi) != 0) {
-        a->rs.code = CONSUL_EDECODE;
-        return -consul_att_failed(a);
-    }
-    lk->fence = mi;
-    return 1;
+    consul_buf b = CONSUL_BUF_INIT;
+    if (consul_buf_add_printable(&b, lk->key, lk->key_len, 200) != 0 || b.data == NULL)
+        snprintf(out, n, "?");
+    else
+        snprintf(out, n, "%s", b.data);
+    consul_buf_free(&b);
+    return out;
 }
 
-/* Acquires lk over h, waiting wait_ms (-1: for ever, 0: one try). CONSUL_OK when held. */
-static int acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
+/* ---- acquire ------------------------------------------------------------------- */
+
+enum {
+    A_START, A_CREATE, A_RENEW, A_READ, A_HOLDER, A_TAKE, A_RECHECK, A_SLEEP_TAKE, A_SLEEP_RETRY
+};
+
+typedef struct acq {
+    int64_t wait_ms;          /* -1: for ever, 0: one try */
+    int64_t deadline;         /* CONSUL_NEVER: for ever */
+    int64_t next_renew;
+    int64_t holder_delay, freed_at, backoff, retry;
+    uint64_t index;
+    char holder[64];
+    int tries;
+    int created;              /* this attempt made the session */
+    int failed;               /* saw a failure worth retrying: ... */
+    consul_resp fail;         /* ... this one, the last */
+    char fail_msg[512];
+} acq;
+
+/* How long a blocking read may wait: to the deadline or the next renewal, less Consul's
+ * jitter of wait/16, 1 ms..5 min. */
+static long read_wait(const consul_lock *lk, const acq *a, int64_t now)
 {
-    int64_t start = consul_now_ms(), now;
-    int64_t deadline = wait_ms < 0 ? INT64_MAX : start + wait_ms;
-    int64_t next_renew, holder_delay = -1, freed_at = 0, backoff = 250;
-    uint64_t index = 0;
-    char holder[64] = "";
-    int tries = 0, retake = 0, rc;
+    int64_t left = a->deadline == CONSUL_NEVER ? CONSUL_MAX_WAIT_MS : (a->deadline - now) * 16 / 17;
+    if (lk->own_session && LOAD(&lk->ttl_ms) > 0 && a->next_renew - now < left)
+        left = a->next_renew - now;
+    return (long)(left > CONSUL_MAX_WAIT_MS ? CONSUL_MAX_WAIT_MS : left < 1 ? 1 : left);
+}
 
-    if (lk->session[0] == '\0' && (rc = consul_att_session_create(lk, a)) != CONSUL_OK)
-        return rc;
-    next_renew = LOAD(&lk->lease_ms) + LOAD(&lk->ttl_ms) / 2;
+static int acq_timeout(consul_mach *m)
+{
+    acq *a = m->ext;
+    consul_lock *lk = m->lk;
+    char name[256];
+    consul_lock_name(lk, name, sizeof name);
+    if (a->holder[0] != '\0')
+        snprintf(m->msg, sizeof m->msg,
+                 "consul: lock %s: not acquired in %.3g s: held by session %s", name,
+                 (double)a->wait_ms / 1000, a->holder);
+    else if (a->failed)
+        snprintf(m->msg, sizeof m->msg, "consul: lock %s: not acquired in %.3g s: %s", name,
+                 (double)a->wait_ms / 1000, a->fail_msg);
+    else
+        snprintf(m->msg, sizeof m->msg, "consul: lock %s: not acquired in %.3g s", name,
+                 (double)a->wait_ms / 1000);
+    if (a->failed && a->holder[0] == '\0') {
+        /* the agent never let us find out: say how it failed */
+        m->last = a->fail;
+        m->rc = a->fail.code;
+        return CONSUL_DONE;
+    }
+    consul_resp_reset(&m->last);
+    m->last.code = CONSUL_ETIMEOUT;
+    m->rc = CONSUL_ETIMEOUT;
+    return CONSUL_DONE;
+}
 
-    for (;;) {
-        char query[96] = "";
-        long w = 0;
-        cJSON *rec = NULL, *s, *f;
-        uint64_t flags = 0;
+/* A failure: retried after a backoff when worth it and there is time, else the end. */
+static int acq_failed(consul_mach *m, const consul_resp *rs)
+{
+    acq *a = m->ext;
+    int64_t now = consul_now_ms(), pause;
+    if (a->wait_ms == 0 || !consul_retryable(rs->code, rs->status))
+        return consul_mach_done(m, rs->code, rs, NULL);
+    a->failed = 1;
+    a->fail = *rs;
+    consul_format_failure(a->fail_msg, sizeof a->fail_msg, m->rq.method, m->rq.path, rs);
+    if (a->deadline != CONSUL_NEVER && now >= a->deadline)
+        return acq_timeout(m);
+    pause = a->retry;
+    a->retry = a->retry * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : a->retry * 2;
+    if (a->deadline != CONSUL_NEVER && now + pause > a->deadline)
+        pause = a->deadline - now;
+    a->index = 0;  /* read afresh: a take that timed out may have happened */
+    m->state = A_SLEEP_RETRY;
+    m->sleep_ms = pause > 0 ? pause : 1;
+    return CONSUL_SLEEP;
+}
 
-        now = consul_now_ms();
-        if (tries > 0 && now >= deadline)
-            goto timeout;
-        if ((rc = consul_att_keep_alive(lk, a, now, &next_renew)) != CONSUL_OK)
-            return rc;
-        tries++;
-        if (!retake) {
-            if (index > 0) {
-                w = consul_att_wait_ms(lk, now, deadline, next_renew);
-                snprintf(query, sizeof query, "index=%llu&wait=%ldms", (unsigned long long)index,
-                         w);
-            }
-            consul_att_send(a, "GET", lk->path, query, NULL, 0, w);
-            now = consul_now_ms();  /* a blocking read may have waited long */
-            if (a->rs.code != CONSUL_OK && a->rs.status != 404)
-                return consul_att_failed(a);
-            if (a->rs.status == 200) {
-                if (consul_att_parse(a) != CONSUL_OK)
-                    return a->rs.code;
-                rec = cJSON_IsArray(a->doc.root) ? a->doc.root->child : NULL;
-            }
-            if (rec != NULL) {
-                f = cJSON_GetObjectItemCaseSensitive(rec, "Flags");
-                if (consul_json_u64(&a->doc, f, &flags) != 0 || flags != lk->flags) {
-                    snprintf(a->msg, sizeof a->msg,
-                             "consul: lock %s: the key exists and is not a lock (flags %llu)",
-                             lk->key, (unsigned long long)flags);
-                    return CONSUL_ECONFLICT;
-                }
-                s = cJSON_GetObjectItemCaseSensitive(rec, "Session");
-                if (cJSON_IsString(s) && strcmp(s->valuestring, lk->session) == 0) {
-                    uint64_t mi;
-                    if (consul_json_u64(&a->doc,
-                                        cJSON_GetObjectItemCaseSensitive(rec, "ModifyIndex"),
-                                        &mi) == 0)
-                        lk->fence = mi;
-                    return CONSUL_OK;  /* ours already */
-                }
-                if (cJSON_IsString(s) && s->valuestring[0] != '\0') {
-                    /* Held by another: wait for the key to change. */
-                    int new_holder = strcmp(holder, s->valuestring) != 0 &&
-                                     strlen(s->valuestring) < sizeof holder;
-                    if (new_holder)
-                        strcpy(holder, s->valuestring);
-                    if (wait_ms == 0)
-                        goto timeout;
-                    index = a->rs.has_index ? a->rs.index : 0;
-                    if (new_holder)  /* its lock-delay: how long to wait once it is gone */
-                        holder_delay = consul_att_lock_delay(a, holder);
-                    freed_at = 0;
-                    continue;
-                }
-            }
-            /* Free. */
-            if (holder[0] != '\0' && freed_at == 0)
-                freed_at = now;
+/* One transaction: lock the key with our session, flags and value, and read it back. */
+static int send_take(consul_mach *m)
+{
+    consul_lock *lk = m->lk;
+    consul_buf *b = &m->body;
+    consul_buf_reset(b);
+    if (consul_buf_adds(b, "[{\"KV\":{\"Verb\":\"lock\",\"Key\":") != 0 ||
+        consul_buf_add_json_string(b, lk->key, lk->key_len) != 0 ||
+        consul_buf_addf(b, ",\"Flags\":%llu,\"Session\":", (unsigned long long)lk->flags) != 0 ||
+        consul_buf_add_json_string(b, lk->session, strlen(lk->session)) != 0 ||
+        consul_buf_adds(b, ",\"Value\":\"") != 0 ||
+        consul_buf_add_base64(b, (const unsigned char *)lk->value, lk->value_len) != 0 ||
+        consul_buf_adds(b, "\"}}]") != 0)
+        return consul_mach_done(m, CONSUL_ENOMEM, NULL, "consul: out of memory");
+    m->state = A_TAKE;
+    return consul_mach_sendf(m, "PUT", "/v1/txn", NULL, b->data, b->len, 0);
+}
+
+/* What a read of the key says: 1 ours (fence set), 2 held by another (holder set), 0 free,
+ * -1 not a lock (m done), -2 unreadable (m done). */
+static int read_key(consul_mach *m, const consul_resp *rs)
+{
+    consul_lock *lk = m->lk;
+    acq *a = m->ext;
+    cJSON *rec;
+    uint64_t flags = 0;
+    size_t n;
+    const char *s;
+    if (rs->status == 404)
+        return 0;
+    if (consul_mach_parse(m, rs) != 0 || !cJSON_IsArray(m->doc.root)) {
+        m->last = *rs;
+        m->last.code = CONSUL_EDECODE;
+        consul_mach_done(m, CONSUL_EDECODE, NULL, NULL);
+        return -2;
+    }
+    if ((rec = m->doc.root->child) == NULL)
+        return 0;
+    if (consul_json_u64(&m->doc, cJSON_GetObjectItemCaseSensitive(rec, "Flags"), &flags) != 0 ||
+        flags != lk->flags) {
+        char name[256];
+        snprintf(m->msg, sizeof m->msg,
+                 "consul: lock %s: the key exists and is not a lock (flags %llu)",
+                 consul_lock_name(lk, name, sizeof name), (unsigned long long)flags);
+        consul_mach_done(m, CONSUL_ECONFLICT, NULL, m->msg);
+        consul_resp_reset(&m->last);
+        m->last.code = CONSUL_ECONFLICT;
+        return -1;
+    }
+    s = consul_json_field_str(&m->doc, rec, "Session", &n);
+    if (s == NULL || n == 0)
+        return 0;
+    if (strlen(lk->session) == n && memcmp(s, lk->session, n) == 0) {
+        uint64_t mi;
+        if (consul_json_u64(&m->doc, cJSON_GetObjectItemCaseSensitive(rec, "ModifyIndex"),
+                            &mi) == 0)
+            lk->fence = mi;
+        return 1;
+    }
+    if (!consul_valid_id(s, n) || n >= sizeof a->holder) {
+        m->last = *rs;
+        m->last.code = CONSUL_EDECODE;
+        snprintf(m->last.error, sizeof m->last.error, "a lock held by a malformed session");
+        consul_mach_done(m, CONSUL_EDECODE, NULL, NULL);
+        return -2;
+    }
+    if (strlen(a->holder) != n || memcmp(a->holder, s, n) != 0) {
+        memcpy(a->holder, s, n);
+        a->holder[n] = '\0';
+        a->holder_delay = -2;  /* a new holder: its lock-delay is to be read */
+    }
+    return 2;
+}
+
+/* The loop's head: the deadline, a renewal due, then a read (or a take, after a sleep). */
+static int acq_next(consul_mach *m, int take)
+{
+    consul_lock *lk = m->lk;
+    acq *a = m->ext;
+    int64_t now = consul_now_ms();
+    if (a->tries > 0 && a->deadline != CONSUL_NEVER && now >= a->deadline)
+        return acq_timeout(m);
+    if (lk->own_session && LOAD(&lk->ttl_ms) > 0 && now >= a->next_renew) {
+        m->state = A_RENEW;
+        return consul_sess_renew(m);
+    }
+    a->tries++;
+    if (take)
+        return send_take(m);
+    m->state = A_READ;
+    consul_buf_reset(&m->query);
+    if (a->index > 0) {
+        long w = read_wait(lk, a, now);
+        if (consul_buf_addf(&m->query, "index=%llu&wait=%ldms", (unsigned long long)a->index,
+                            w) != 0)
+            return consul_mach_done(m, CONSUL_ENOMEM, NULL, "consul: out of memory");
+        consul_buf_reset(&m->path);
+        if (consul_buf_adds(&m->path, lk->path) != 0)
+            return consul_mach_done(m, CONSUL_ENOMEM, NULL, "consul: out of memory");
+        return consul_mach_send(m, "GET", NULL, 0, w);
+    }
+    return consul_mach_sendf(m, "GET", lk->path, NULL, NULL, 0, 0);
+}
+
+static int acq_step(consul_mach *m, const consul_resp *rs)
+{
+    consul_lock *lk = m->lk;
+    acq *a = m->ext;
+    int r;
+    int64_t now;
+
+    switch (m->state) {
+    case A_START:
+        if (lk->session[0] == '\0') {
+            m->state = A_CREATE;
+            return consul_sess_create(m);
         }
-        retake = 0;
-        rc = take(lk, a);
-        if (rc == 1)
-            return CONSUL_OK;
-        if (rc < 0)
-            return -rc;
-        if (wait_ms == 0)
-            goto timeout;
+        a->next_renew = LOAD(&lk->lease_ms) + LOAD(&lk->ttl_ms) / 2;
+        return acq_next(m, 0);
+
+    case A_CREATE:
+        if (rs->code != CONSUL_OK)
+            return acq_failed(m, rs);
+        if (consul_sess_created(m, rs) != 0)
+            return consul_mach_done(m, m->last.code, NULL, NULL);
+        a->created = 1;
+        a->next_renew = LOAD(&lk->lease_ms) + LOAD(&lk->ttl_ms) / 2;
+        return acq_next(m, 0);
+
+    case A_RENEW:
+        if (rs->code == CONSUL_EHTTP && rs->status == 404) {
+            /* our session is gone (invalidated, expired): start over with a new one */
+            lk->session[0] = '\0';
+            lk->own_session = 0;
+            m->state = A_CREATE;
+            return consul_sess_create(m);
+        }
+        if (rs->code != CONSUL_OK)
+            return acq_failed(m, rs);
+        consul_sess_renewed(m, rs, m->sent);
+        a->next_renew = m->sent + LOAD(&lk->ttl_ms) / 2;
+        return acq_next(m, 0);
+
+    case A_READ:
+        if (rs->code != CONSUL_OK && rs->status != 404)
+            return acq_failed(m, rs);
+        a->retry = RETRY_MIN_MS;
+        if ((r = read_key(m, rs)) < 0)
+            return CONSUL_DONE;
+        if (r == 1)
+            return consul_mach_done(m, CONSUL_OK, rs, NULL);  /* ours already */
+        if (r == 2) {
+            /* held by another: wait for the key to change */
+            if (a->wait_ms == 0)
+                return acq_timeout(m);
+            a->index = rs->has_index ? rs->index : 0;
+            a->freed_at = 0;
+            if (a->holder_delay == -2) {  /* its lock-delay: how long to wait once it goes */
+                m->state = A_HOLDER;
+                return consul_sess_info(m, a->holder);
+            }
+            return acq_next(m, 0);
+        }
+        if (a->holder[0] != '\0' && a->freed_at == 0)
+            a->freed_at = consul_now_ms();
+        return send_take(m);
+
+    case A_HOLDER:
+        a->holder_delay = consul_sess_lock_delay(m, rs);
+        return acq_next(m, 0);
+
+    case A_TAKE: {
+        cJSON *kv;
+        uint64_t mi;
+        if (rs->status == 409) {
+            /* refused: held, or lock-delay */
+            if (a->wait_ms == 0)
+                return acq_timeout(m);
+            m->state = A_RECHECK;
+            return consul_mach_sendf(m, "GET", lk->path, NULL, NULL, 0, 0);
+        }
+        if (rs->code != CONSUL_OK)
+            return acq_failed(m, rs);
+        if (consul_mach_parse(m, rs) != 0)
+            return consul_mach_done(m, CONSUL_EDECODE, NULL, NULL);
+        kv = cJSON_GetObjectItemCaseSensitive(m->doc.root, "Results");
+        kv = cJSON_IsArray(kv) && kv->child ? cJSON_GetObjectItemCaseSensitive(kv->child, "KV")
+                                            : NULL;
+        if (consul_json_u64(&m->doc, cJSON_GetObjectItemCaseSensitive(kv, "ModifyIndex"), &mi) != 0) {
+            m->last = *rs;
+            m->last.code = CONSUL_EDECODE;
+            return consul_mach_done(m, CONSUL_EDECODE, NULL, NULL);
+        }
+        lk->fence = mi;
+        return consul_mach_done(m, CONSUL_OK, rs, NULL);
+    }
+
+    case A_RECHECK: {
         /* Refused. Held again by someone (the next read waits on it), or free but for the
          * last holder's lock-delay: then sleep until it ends (when we saw that holder), or
          * back off, and take again without reading first. */
-        consul_att_send(a, "GET", lk->path, NULL, NULL, 0, 0);
+        int64_t until;
+        if (rs->code != CONSUL_OK && rs->status != 404)
+            return acq_failed(m, rs);
+        if ((r = read_key(m, rs)) < 0)
+            return CONSUL_DONE;
+        if (r == 1)
+            return consul_mach_done(m, CONSUL_OK, rs, NULL);
+        a->index = 0;
+        if (r == 2)
+            return acq_next(m, 0);
         now = consul_now_ms();
-        if (a->rs.code == CONSUL_OK && consul_att_parse(a) == CONSUL_OK &&
-            cJSON_IsArray(a->doc.root) && a->doc.root->child != NULL &&
-            cJSON_IsString(s = cJSON_GetObjectItemCaseSensitive(a->doc.root->child, "Session")) &&
-            s->valuestring[0] != '\0') {
-            index = 0;
-            continue;
+        if (a->holder_delay >= 0 && a->freed_at > 0 && a->freed_at + a->holder_delay + 10 > now) {
+            until = a->freed_at + a->holder_delay + 10;
+        } else {
+            until = now + a->backoff;
+            a->backoff = a->backoff * 2 > 2000 ? 2000 : a->backoff * 2;
         }
-        {
-            int64_t until;
-            if (holder_delay >= 0 && freed_at > 0 && freed_at + holder_delay + 10 > now) {
-                until = freed_at + holder_delay + 10;
-            } else {
-                until = now + backoff;
-                backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
-            }
-            if (until > deadline)
-                until = deadline;
-            if (lk->own_session && until > next_renew)
-                until = next_renew;
-            consul_millisleep(until - now);
-            retake = consul_now_ms() < deadline;
-            index = 0;
-        }
+        if (a->deadline != CONSUL_NEVER && until > a->deadline)
+            until = a->deadline;
+        if (lk->own_session && LOAD(&lk->ttl_ms) > 0 && until > a->next_renew)
+            until = a->next_renew;
+        m->state = A_SLEEP_TAKE;
+        m->sleep_ms = until > now ? until - now : 0;
+        return CONSUL_SLEEP;
     }
 
-timeout:
-    if (holder[0] != '\0')
-        snprintf(a->msg, sizeof a->msg, "consul: lock %s: not acquired in %.3g s: held by session %s",
-                 lk->key, (double)wait_ms / 1000, holder);
-    else
-        snprintf(a->msg, sizeof a->msg, "consul: lock %s: not acquired in %.3g s", lk->key,
-                 (double)wait_ms / 1000);
-    return CONSUL_ETIMEOUT;
+    case A_SLEEP_TAKE:
+        now = consul_now_ms();
+        return acq_next(m, a->deadline == CONSUL_NEVER || now < a->deadline);
+
+    case A_SLEEP_RETRY:
+        if (lk->session[0] == '\0') {
+            m->state = A_CREATE;
+            return consul_sess_create(m);
+        }
+        return acq_next(m, 0);
+    }
+    return consul_mach_done(m, CONSUL_ENOMEM, NULL, "consul: lock machine lost its way");
 }
 
-int consul_lock_release_now(consul_lock *lk, attempt *base, consul_resp *rs, char *msg,
-                            size_t n)
+/* An acquire that never ended (its nginx request went away): its session goes to the
+ * renewer, the lock is free for another attempt. */
+static void acq_abandon(consul_mach *m)
 {
-    attempt a;
-    char query[160];
-    int rc = CONSUL_OK;
-    memset(&a, 0, sizeof a);
-    a.h = base->h;
-    a.requests = base->requests;
-    a.connects = base->connects;
-    STORE(&lk->held, 0);
-    if (lk->session[0] != '\0' && lk->kind == CONSUL_KIND_SEMAPHORE) {
-        rc = consul_sem_release(lk, &a);
-    } else if (lk->session[0] != '\0') {
-        snprintf(query, sizeof query, "release=%s&flags=%llu", lk->session,
-                 (unsigned long long)lk->flags);
-        if (consul_att_send(&a, "PUT", lk->path, query, lk->value ? lk->value : "",
-                            lk->value_len, 0) != CONSUL_OK)
-            rc = consul_att_failed(&a);
+    acq *a = m->ext;
+    consul_lock *lk = m->lk;
+    if (lk == NULL)
+        return;
+    lk->busy = 0;
+    if (a != NULL && lk->own_session && lk->session[0] != '\0')
+        consul_renew_cleanup(lk);
+}
+
+void consul_lock_acquire_init(consul_mach *m, consul_lock *lk, int64_t wait_ms)
+{
+    acq *a = calloc(1, sizeof *a);
+    int64_t now = consul_now_ms();
+    consul_lock_retain(lk);
+    m->lk = lk;
+    m->step = acq_step;
+    m->abandon = acq_abandon;
+    m->state = A_START;
+    m->ext = a;
+    m->ext_free = NULL;
+    if (a == NULL) {
+        m->step = NULL;
+        return;
     }
-    /* The session goes only once the key is released: else a retry needs it. */
-    if (rc == CONSUL_OK)
-        rc = consul_att_session_destroy(lk, &a);
-    if (rc != CONSUL_OK)
-        *rs = a.rs;
-    lk->release_pending = rc != CONSUL_OK && lk->session[0] != '\0';
-    snprintf(msg, n, "%s", rc == CONSUL_OK ? "" : a.msg);
-    consul_att_release(&a);
-    return rc;
+    a->wait_ms = wait_ms;
+    a->deadline = wait_ms < 0 ? CONSUL_NEVER : now + wait_ms;
+    m->hard = wait_ms < 0 ? CONSUL_NEVER : now + wait_ms + GRACE_MS;
+    a->holder_delay = -1;
+    a->backoff = 250;
+    a->retry = RETRY_MIN_MS;
+}
+
+/* ---- release ------------------------------------------------------------------- */
+
+enum { R_START, R_RELEASE, R_DESTROY };
+
+static int rel_step(consul_mach *m, const consul_resp *rs)
+{
+    consul_lock *lk = m->lk;
+    switch (m->state) {
+    case R_START:
+        if (lk->session[0] == '\0')
+            return consul_mach_done(m, CONSUL_OK, NULL, NULL);
+        consul_buf_reset(&m->path);
+        consul_buf_reset(&m->query);
+        if (consul_buf_adds(&m->path, lk->path) != 0 ||
+            consul_buf_adds(&m->query, "release=") != 0 ||
+            consul_buf_add_escaped(&m->query, lk->session, strlen(lk->session), 0) != 0 ||
+            consul_buf_addf(&m->query, "&flags=%llu", (unsigned long long)lk->flags) != 0)
+            return consul_mach_done(m, CONSUL_ENOMEM, NULL, "consul: out of memory");
+        m->state = R_RELEASE;
+        return consul_mach_send(m, "PUT", lk->value != NULL ? lk->value : "", lk->value_len, 0);
+    case R_RELEASE:
+        if (rs->code != CONSUL_OK)
+            return consul_mach_done(m, rs->code, rs, NULL);
+        if (!lk->own_session)
+            return consul_mach_done(m, CONSUL_OK, rs, NULL);
+        m->state = R_DESTROY;
+        return consul_sess_destroy(m);
+    case R_DESTROY:
+        if (rs->code != CONSUL_OK && rs->status != 404)
+            return consul_mach_done(m, rs->code, rs, NULL);  /* the session stays: retry */
+        lk->session[0] = '\0';
+        lk->own_session = 0;
+        return consul_mach_done(m, CONSUL_OK, rs, NULL);
+    }
+    return consul_mach_done(m, CONSUL_ENOMEM, NULL, "consul: release machine lost its way");
+}
+
+/* A release that never ended: the renewer finishes it. */
+static void rel_abandon(consul_mach *m)
+{
+    consul_lock *lk = m->lk;
+    if (lk == NULL)
+        return;
+    lk->busy = 0;
+    if (lk->session[0] != '\0')
+        consul_renew_cleanup(lk);
+}
+
+void consul_lock_release_init(consul_mach *m, consul_lock *lk)
+{
+    if (lk->kind == CONSUL_KIND_SEMAPHORE) {
+        consul_sem_release_init(m, lk);
+    } else {
+        consul_lock_retain(lk);
+        m->lk = lk;
+        m->step = rel_step;
+        m->state = R_START;
+    }
+    m->abandon = rel_abandon;
 }
 
 /* ---- Lua ------------------------------------------------------------------- */
@@ -232,45 +468,38 @@ static consul_lock *checklock(lua_State *L, int idx)
 {
     lock_ud *u = luaL_checkudata(L, idx, CONSUL_LOCK_MT);
     if (u->lk == NULL)
-        luaL_error(L, "consul lock is gone");
+        consul_error(L, "consul lock is gone");
     return u->lk;
 }
 
-/* The handle to talk over: the client's while it is open (its c:stats() then counts the
- * requests), else the lock's own. */
-static void lock_handle(lua_State *L, int idx, consul_lock *lk, attempt *a)
+/* The client of the lock at idx, pushed (nil when it was closed). */
+static consul_client *lock_client(lua_State *L, int idx)
 {
     consul_client *c;
     consul_getuservalue(L, idx);
     lua_rawgeti(L, -1, 1);
+    lua_remove(L, -2);
     c = consul_testudata(L, -1, CONSUL_CLIENT_MT);
-    lua_pop(L, 2);
-    if (c != NULL && !c->closed) {
-        a->h = &c->http;
-        a->requests = &c->requests;
-        a->connects = &c->connects;
-    } else {
-        if (consul_lock_handle(lk, &lk->http) != 0)
-            luaL_error(L, "cannot create a libcurl handle");
-        a->h = &lk->http;
-    }
+    return c != NULL && !c->closed ? c : NULL;
 }
 
 static int64_t opt_seconds_ms(lua_State *L, int idx, const char *name, int64_t dflt)
 {
     int64_t ms = dflt;
-    lua_getfield(L, idx, name);
+    lua_pushstring(L, name);
+    lua_rawget(L, idx);
     if (lua_type(L, -1) == LUA_TNUMBER) {
         lua_Number s = lua_tonumber(L, -1);
         if (!(s >= 0 && s <= 86400 * 365))
-            luaL_error(L, "bad option '%s' (seconds >= 0 expected)", name);
+            consul_error(L, "bad option '%s' (seconds >= 0 expected)", name);
         ms = (int64_t)(s * 1000 + 0.5);
     } else if (lua_type(L, -1) == LUA_TSTRING) {
-        ms = consul_duration_ms(lua_tostring(L, -1));
-        if (ms < 0)
-            luaL_error(L, "bad option '%s' (a duration like \"15s\" expected)", name);
+        ms = consul_rawlen(L, -1) < 64 ? consul_duration_ms(lua_tostring(L, -1)) : -1;
+        if (ms < 0 || ms > (int64_t)86400 * 365 * 1000 ||
+            strlen(lua_tostring(L, -1)) != consul_rawlen(L, -1))
+            consul_error(L, "bad option '%s' (a duration like \"15s\" expected)", name);
     } else if (!lua_isnil(L, -1)) {
-        luaL_error(L, "bad option '%s' (seconds or a duration expected)", name);
+        consul_error(L, "bad option '%s' (seconds or a duration expected)", name);
     }
     lua_pop(L, 1);
     return ms;
@@ -291,8 +520,8 @@ static void check_names(lua_State *L, int idx, const char *const *names)
             for (i = 0; names[i] != NULL && !known; i++)
                 known = strcmp(names[i], lua_tostring(L, -1)) == 0;
         if (!known)
-            luaL_error(L, "bad option '%s' (unknown option)",
-                       lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
+            consul_error(L, "bad option '%s' (unknown option)",
+                         lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
     }
 }
 
@@ -304,61 +533,78 @@ static int64_t lock_configure(lua_State *L, int idx, consul_lock *lk, int first)
     const char *s;
     if (lua_isnoneornil(L, idx)) {
         if (first) {
-            consul_set_str(L, &lk->name, "Lua lock", 8);
+            lk->name = malloc(9);
+            if (lk->name == NULL)
+                consul_error(L, "not enough memory");
+            memcpy(lk->name, "Lua lock", 9);
             lk->ttl_def_ms = 15000;
             lk->lock_delay_ms = 15000;
             lk->behavior_delete = lk->kind == CONSUL_KIND_SEMAPHORE;
         }
         return -1;
     }
-    luaL_checktype(L, idx, LUA_TTABLE);
+    consul_checktype(L, idx, LUA_TTABLE);
     check_names(L, idx, first ? lock_options : acquire_options);
-    lua_getfield(L, idx, "wait");
+    lua_pushliteral(L, "wait");
+    lua_rawget(L, idx);
     if (!lua_isnil(L, -1)) {
         lua_Number w = lua_tonumber(L, -1);
         if (lua_type(L, -1) != LUA_TNUMBER || !(w >= 0))
-            luaL_error(L, "bad option 'wait' (seconds >= 0 expected)");
+            consul_error(L, "bad option 'wait' (seconds >= 0 expected)");
         wait_ms = w >= 1e12 ? -1 : (int64_t)(w * 1000 + 0.5);  /* math.huge: for ever */
     }
     lua_pop(L, 1);
     if (!first)
         return wait_ms;
 
-    lua_getfield(L, idx, "value");
+    lua_pushliteral(L, "value");
+    lua_rawget(L, idx);
     if (!lua_isnil(L, -1)) {
         if (lua_type(L, -1) != LUA_TSTRING)
-            luaL_error(L, "bad option 'value' (string expected)");
+            consul_error(L, "bad option 'value' (string expected)");
         s = lua_tolstring(L, -1, &n);
-        consul_set_str(L, &lk->value, s, n);
+        if ((lk->value = malloc(n + 1)) == NULL)
+            consul_error(L, "not enough memory");
+        memcpy(lk->value, s, n + 1);
         lk->value_len = n;
     }
     lua_pop(L, 1);
-    lua_getfield(L, idx, "session");
+    lua_pushliteral(L, "session");
+    lua_rawget(L, idx);
     if (!lua_isnil(L, -1)) {
-        if (lua_type(L, -1) != LUA_TSTRING || consul_rawlen(L, -1) == 0 ||
-            consul_rawlen(L, -1) >= sizeof lk->session ||
-            strspn(lua_tostring(L, -1), "0123456789abcdefABCDEF-") != consul_rawlen(L, -1))
-            luaL_error(L, "bad option 'session' (a session ID expected)");
-        strcpy(lk->session, lua_tostring(L, -1));
+        s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+        if (s == NULL || !consul_valid_id(s, n) || n >= sizeof lk->session)
+            consul_error(L, "bad option 'session' (a session ID expected)");
+        memcpy(lk->session, s, n + 1);
         lk->own_session = 0;
     }
     lua_pop(L, 1);
-    lua_getfield(L, idx, "name");
-    s = lua_isnil(L, -1) ? "Lua lock" : lua_tostring(L, -1);
-    if (s == NULL || lua_type(L, -1) == LUA_TNUMBER || strpbrk(s, "\"\\") != NULL ||
-        strcspn(s, "\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10\x11\x12"
-                   "\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f\x7f") != strlen(s))
-        luaL_error(L, "bad option 'name' (a string without quotes or backslashes expected)");
-    consul_set_str(L, &lk->name, s, strlen(s));
+    lua_pushliteral(L, "name");
+    lua_rawget(L, idx);
+    if (lua_isnil(L, -1)) {
+        s = "Lua lock";
+        n = 8;
+    } else if (lua_type(L, -1) != LUA_TSTRING) {
+        consul_error(L, "bad option 'name' (string expected)");
+        n = 0, s = NULL;  /* not reached */
+    } else {
+        s = lua_tolstring(L, -1, &n);
+        if (memchr(s, '\0', n) != NULL || n > 1024)
+            consul_error(L, "bad option 'name' (a string without NUL bytes expected)");
+    }
+    if ((lk->name = malloc(n + 1)) == NULL)
+        consul_error(L, "not enough memory");
+    memcpy(lk->name, s, n + 1);
     lua_pop(L, 1);
     lk->ttl_def_ms = opt_seconds_ms(L, idx, "ttl", 15000);
     lk->lock_delay_ms = opt_seconds_ms(L, idx, "lock_delay", 15000);
-    lua_getfield(L, idx, "behavior");
+    lua_pushliteral(L, "behavior");
+    lua_rawget(L, idx);
     /* Go's semaphores use "delete": a dead holder's contender key goes with its session. */
     s = lua_isnil(L, -1) ? (lk->kind == CONSUL_KIND_SEMAPHORE ? "delete" : "release")
-                         : lua_tostring(L, -1);
+        : lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
     if (s == NULL || (strcmp(s, "release") != 0 && strcmp(s, "delete") != 0))
-        luaL_error(L, "bad option 'behavior' (\"release\" or \"delete\" expected)");
+        consul_error(L, "bad option 'behavior' (\"release\" or \"delete\" expected)");
     lk->behavior_delete = strcmp(s, "delete") == 0;
     lua_pop(L, 1);
     return wait_ms;
@@ -369,55 +615,102 @@ static int64_t lock_configure(lua_State *L, int idx, consul_lock *lk, int first)
 static int exiting_failure(lua_State *L, consul_lock *lk)
 {
     consul_resp rs;
-    memset(&rs, 0, sizeof rs);
+    char name[256];
+    consul_resp_reset(&rs);
     rs.code = CONSUL_ETIMEOUT;
     lua_pushnil(L);
-    lua_pushfstring(L, "consul: lock %s: the process is exiting", lk->key);
+    lua_pushfstring(L, "consul: lock %s: the process is exiting",
+                    consul_lock_name(lk, name, sizeof name));
     consul_push_meta(L, &rs);
-    lua_pushnil(L);
-    lua_setfield(L, -2, "status");
     return 3;
 }
 
-/* Runs one acquire for the lock object at 1; returns lock | nil, err, meta. */
-static int lock_run_acquire(lua_State *L, consul_lock *lk, int64_t wait_ms)
+/* An op for a machine on the lock at ud (a stack index); its box pushed. */
+static consul_op *lock_op(lua_State *L, int ud, consul_lock *lk, consul_client **cp)
 {
-    attempt a;
-    int rc;
+    consul_client *c = lock_client(L, ud);         /* the client (or nil), pushed */
+    consul_op *op;
+    consul_client tmp;
+    if (c == NULL) {
+        /* a closed client: the op needs only the lock's conf */
+        memset(&tmp, 0, sizeof tmp);
+        tmp.conf = lk->conf;
+        c = &tmp;
+    }
+    op = consul_op_new(L, c);
+    c = c == &tmp ? NULL : c;
+    *cp = c;
+    consul_op_keep(L, op, ud);
+    op->answer = CONSUL_ANS_CUSTOM;
+    return op;
+}
+
+/* Runs the lock op (box at the top): over the client's connection while it is open (its
+ * c:stats() then counts the requests), else the lock's own. */
+static int lock_op_call(lua_State *L, consul_client *c, consul_op *op, consul_lock *lk)
+{
+    int box = lua_gettop(L);
+    if (c != NULL)
+        return consul_op_call(L, c, op, box);
+    if (consul_lock_handle(lk, &lk->http) != 0)
+        return consul_error(L, "cannot create a libcurl handle");
+    return consul_op_call_on(L, NULL, &lk->http, op, box);
+}
+
+static int push_lock_failure(lua_State *L, consul_op *op)
+{
+    int rc = op->m.rc, n = consul_push_op_failure(L, op);
+    if (rc == CONSUL_ETIMEOUT || rc == CONSUL_ECONFLICT) {
+        lua_pushnil(L);
+        lua_setfield(L, -2, "status");  /* not an HTTP failure */
+    }
+    return n;
+}
+
+/* The end of an acquire: the lock (kept value 0), or nil, err, meta. */
+static int acquire_finish(lua_State *L, consul_op *op)
+{
+    consul_lock *lk = op->m.lk;
+    lk->busy = 0;
+    if (op->m.rc == CONSUL_OK && consul_renew_start(lk) != 0) {
+        char name[256];
+        snprintf(op->m.msg, sizeof op->m.msg, "consul: lock %s: cannot start the renewer",
+                 consul_lock_name(lk, name, sizeof name));
+        op->m.rc = CONSUL_ENOMEM;
+        op->m.last.code = CONSUL_ENOMEM;
+    }
+    if (op->m.rc != CONSUL_OK) {
+        /* A failed attempt leaks nothing: the renewer destroys a session it made (and
+         * releases the key, should a take that timed out have happened after all). */
+        if (lk->own_session && lk->session[0] != '\0')
+            consul_renew_cleanup(lk);
+        consul_lock_free_handles(lk);
+        return push_lock_failure(L, op);
+    }
+    STORE(&lk->held, 1);
+    consul_op_kept(L, op, 0);
+    return 1;
+}
+
+/* Starts an acquire of the lock at ud: its results. */
+static int run_acquire(lua_State *L, int ud, consul_lock *lk, int64_t wait_ms)
+{
+    consul_client *c;
+    consul_op *op;
     if (consul_renew_exiting())
         return exiting_failure(L, lk);  /* it could be taken, never renewed nor released */
-    memset(&a, 0, sizeof a);
-    lock_handle(L, 1, lk, &a);
-    rc = lk->kind == CONSUL_KIND_SEMAPHORE ? consul_sem_acquire(lk, &a, wait_ms)
-                                           : acquire(lk, &a, wait_ms);
-    if (rc == CONSUL_OK && consul_renew_start(lk) != 0) {
-        snprintf(a.msg, sizeof a.msg, "consul: lock %s: cannot start the renewer", lk->key);
-        rc = CONSUL_ENOMEM;
-    }
-    if (rc != CONSUL_OK) {
-        consul_resp keep = a.rs;
-        char why[sizeof a.msg];
-        memcpy(why, a.msg, sizeof why);
-        if (lk->own_session && consul_att_session_destroy(lk, &a) != CONSUL_OK) {
-            lk->session[0] = '\0';  /* unreachable: its TTL ends it; never reuse it */
-            lk->own_session = 0;
-        }  /* a failed attempt leaks nothing */
-        consul_att_release(&a);
-        consul_lock_free_handles(lk);
-        lua_pushnil(L);
-        lua_pushstring(L, why[0] ? why : "consul: lock failed");
-        keep.code = rc;
-        consul_push_meta(L, &keep);
-        if (rc == CONSUL_ETIMEOUT || rc == CONSUL_ECONFLICT) {
-            lua_pushnil(L);
-            lua_setfield(L, -2, "status");  /* not an HTTP failure */
-        }
-        return 3;
-    }
-    consul_att_release(&a);
-    STORE(&lk->held, 1);
-    lua_settop(L, 1);
-    return 1;
+    if (lk->busy)
+        return consul_error(L, "consul: lock is busy (acquired or released in another thread)");
+    op = lock_op(L, ud, lk, &c);
+    if (lk->kind == CONSUL_KIND_SEMAPHORE)
+        consul_sem_acquire_init(&op->m, lk, wait_ms);
+    else
+        consul_lock_acquire_init(&op->m, lk, wait_ms);
+    if (op->m.step == NULL)
+        return consul_error(L, "not enough memory");
+    op->finish = acquire_finish;
+    lk->busy = 1;
+    return lock_op_call(L, c, op, lk);
 }
 
 /* The lock object for c:lock and c:semaphore: key at 2, options at opts. */
@@ -431,16 +724,15 @@ static int new_lock(lua_State *L, int kind, int limit, int opts)
     int64_t wait_ms;
     consul_buf path = CONSUL_BUF_INIT;
 
-    if (lua_type(L, 2) != LUA_TSTRING)
-        return luaL_argerror(L, 2, lua_pushfstring(L, "string expected, got %s",
-                                                   luaL_typename(L, 2)));
-    key = lua_tolstring(L, 2, &n);
+    consul_checkargs(L, opts, kind == CONSUL_KIND_LOCK ? "key and options expected"
+                                                        : "prefix, limit and options expected");
+    key = consul_checkstring(L, 2, &n);
     while (n > 0 && *key == '/')
         key++, n--;
     while (kind == CONSUL_KIND_SEMAPHORE && n > 0 && key[n - 1] == '/')
         n--;
-    if (n == 0 || memchr(key, '\0', n) != NULL)
-        return luaL_argerror(L, 2, "a non-empty key without NUL bytes expected");
+    if (n == 0)
+        return consul_argerror(L, 2, "a non-empty key expected");
     lua_settop(L, opts);
 
     u = consul_newuserdata(L, sizeof *u);
@@ -454,23 +746,27 @@ static int new_lock(lua_State *L, int kind, int limit, int opts)
     consul_setuservalue(L, -2);
     u->lk = lk = consul_lock_new(c->conf);
     if (lk == NULL)
-        return luaL_error(L, "not enough memory");
+        return consul_error(L, "not enough memory");
     lk->kind = kind;
     lk->limit = limit;
     lk->flags = kind == CONSUL_KIND_SEMAPHORE ? CONSUL_SEMAPHORE_FLAG : CONSUL_LOCK_FLAG;
-    consul_set_str(L, &lk->key, key, n);
+    if ((lk->key = malloc(n + 1)) == NULL)
+        return consul_error(L, "not enough memory");
+    memcpy(lk->key, key, n);
+    lk->key[n] = '\0';
+    lk->key_len = n;
     if (consul_buf_adds(&path, "/v1/kv/") != 0 || consul_buf_add_escaped(&path, key, n, 1) != 0 ||
         (kind == CONSUL_KIND_SEMAPHORE && consul_buf_add(&path, "/", 1) != 0)) {
         consul_buf_free(&path);
-        return luaL_error(L, "not enough memory");
+        return consul_error(L, "not enough memory");
     }
     lk->path = path.data;  /* ownership moves to the lock */
     if (path.len > CONSUL_MAX_LOCK_PATH)
-        return luaL_argerror(L, 2, "key too long (over 1000 bytes once escaped)");
+        return consul_argerror(L, 2, "key too long (over 1000 bytes once escaped)");
     wait_ms = lock_configure(L, opts, lk, 1);
     lua_replace(L, 1);
     lua_settop(L, 1);
-    return lock_run_acquire(L, lk, wait_ms);
+    return run_acquire(L, 1, lk, wait_ms);
 }
 
 /* c:lock(key[, opts]) --> lock | nil, err, meta */
@@ -482,47 +778,83 @@ static int client_lock(lua_State *L)
 /* c:semaphore(prefix, limit[, opts]) --> semaphore | nil, err, meta */
 static int client_semaphore(lua_State *L)
 {
-    lua_Number n = luaL_checknumber(L, 3);
-    int limit = (int)n;
+    lua_Number n;
+    int limit;
+    consul_checkargs(L, 4, "prefix, limit and options expected");
+    consul_checktype(L, 3, LUA_TNUMBER);
+    n = lua_tonumber(L, 3);
     /* not luaL_checkinteger: LuaJIT's truncates 2.5 to 2 */
-    luaL_argcheck(L, n >= 1 && n <= 1000, 3, "a limit of 1..1000 expected");
-    luaL_argcheck(L, (lua_Number)limit == n, 3, "number has no integer representation");
+    if (!(n >= 1 && n <= 1000))
+        return consul_argerror(L, 3, "a limit of 1..1000 expected");
+    limit = (int)n;
+    if ((lua_Number)limit != n)
+        return consul_argerror(L, 3, "number has no integer representation");
     lua_remove(L, 3);
-    return new_lock(L, CONSUL_KIND_SEMAPHORE, (int)limit, 3);
+    return new_lock(L, CONSUL_KIND_SEMAPHORE, limit, 3);
+}
+
+/* The end of a release: true, or nil, err, meta (meta.pending: the renewer goes on). */
+static int release_finish(lua_State *L, consul_op *op)
+{
+    consul_lock *lk = op->m.lk;
+    int rc = op->m.rc, n;
+    lk->busy = 0;
+    consul_lock_free_handles(lk);  /* its connections go now, not when Lua collects it */
+    if (rc == CONSUL_OK) {
+        lk->release_pending = 0;
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    n = consul_push_op_failure(L, op);
+    if (consul_retryable(rc, op->m.last.status) && lk->session[0] != '\0' &&
+        consul_renew_cleanup(lk) == 0) {
+        /* the renewer releases it in the background, retrying until its session ends */
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "pending");
+        lk->release_pending = 0;
+    } else {
+        lk->release_pending = lk->session[0] != '\0';
+    }
+    return n;
 }
 
 /* lock:acquire([opts]): takes a released or lost lock again */
 static int lock_acquire(lua_State *L)
 {
     consul_lock *lk = checklock(L, 1);
-    int64_t wait_ms = lock_configure(L, 2, lk, 0);
+    int64_t wait_ms;
+    consul_checkargs(L, 2, "options expected");
+    if (consul_renew_exiting())
+        return exiting_failure(L, lk);
+    wait_ms = lock_configure(L, 2, lk, 0);
     if (consul_lock_held(lk))
         return lua_settop(L, 1), 1;
+    if (lk->busy)
+        return consul_error(L, "consul: lock is busy (acquired or released in another thread)");
     if (consul_renew_stop(lk, 0) != 0)  /* a lost lock is still registered */
         return exiting_failure(L, lk);
     STORE(&lk->held, 0);
     if (lk->own_session && lk->session[0] != '\0') {
         /* Lost: its session may be gone (destroyed, expired) or still alive (the key was
-         * deleted). Either way a new attempt starts with a new session. */
-        attempt a;
-        consul_resp rs;
-        char msg[64];
-        memset(&a, 0, sizeof a);
-        lock_handle(L, 1, lk, &a);
-        consul_lock_release_now(lk, &a, &rs, msg, sizeof msg);
+         * deleted). Either way a new attempt starts with a new session; the old one is the
+         * renewer's to end. */
+        consul_renew_cleanup(lk);
     }
     lua_settop(L, 1);
-    return lock_run_acquire(L, lk, wait_ms);
+    return run_acquire(L, 1, lk, wait_ms);
 }
 
 /* lock:release() --> true | nil, err, meta (idempotent) */
 static int lock_release(lua_State *L)
 {
     consul_lock *lk = checklock(L, 1);
-    consul_resp rs;
-    attempt a;
-    char msg[1024];
-    int rc;
+    consul_client *c;
+    consul_op *op;
+    consul_checkargs(L, 1, "none expected");
+    if (consul_renew_exiting())
+        return exiting_failure(L, lk);  /* what it held is the renewer's (or its TTL's) */
+    if (lk->busy)
+        return consul_error(L, "consul: lock is busy (acquired or released in another thread)");
     if (consul_renew_stop(lk, 0) != 0)
         return exiting_failure(L, lk);
     if (lk->session[0] == '\0' ||
@@ -531,34 +863,33 @@ static int lock_release(lua_State *L)
         lua_pushboolean(L, 1);
         return 1;
     }
-    memset(&a, 0, sizeof a);
-    lock_handle(L, 1, lk, &a);
-    rc = consul_lock_release_now(lk, &a, &rs, msg, sizeof msg);
-    consul_lock_free_handles(lk);  /* its connections go now, not when Lua collects it */
-    if (rc != CONSUL_OK) {
-        lua_pushnil(L);
-        lua_pushstring(L, msg);
-        consul_push_meta(L, &rs);
-        return 3;
-    }
-    lua_pushboolean(L, 1);
-    return 1;
+    STORE(&lk->held, 0);
+    op = lock_op(L, 1, lk, &c);
+    consul_lock_release_init(&op->m, lk);
+    op->finish = release_finish;
+    lk->busy = 1;
+    return lock_op_call(L, c, op, lk);
 }
 
 static int lock_held(lua_State *L)
 {
-    lua_pushboolean(L, consul_lock_held(checklock(L, 1)));
+    consul_lock *lk = checklock(L, 1);
+    consul_checkargs(L, 1, "none expected");
+    lua_pushboolean(L, consul_lock_held(lk));
     return 1;
 }
 
 /* __gc: hands a held lock to the renewer to release; never blocks, never raises. */
 static int lock_gc(lua_State *L)
 {
-    lock_ud *u = luaL_checkudata(L, 1, CONSUL_LOCK_MT);
-    if (u->lk != NULL) {
-        (void)consul_renew_stop(u->lk, 1);
-        consul_lock_unref(u->lk);
+    lock_ud *u = consul_testudata(L, 1, CONSUL_LOCK_MT);
+    if (u != NULL && u->lk != NULL) {
+        consul_lock *lk = u->lk;
         u->lk = NULL;
+        if (consul_renew_stop(lk, 1) == 0 && !lk->registered && lk->session[0] != '\0' &&
+            (lk->own_session || lk->release_pending) && !lk->busy)
+            consul_renew_cleanup(lk);  /* not held (lost, failed release): end its session */
+        consul_lock_unref(lk);
     }
     return 0;
 }
@@ -567,8 +898,8 @@ static int lock_gc(lua_State *L)
  * block's own). */
 static int lock_close(lua_State *L)
 {
-    lock_ud *u = luaL_checkudata(L, 1, CONSUL_LOCK_MT);
-    if (u->lk != NULL) {
+    lock_ud *u = consul_testudata(L, 1, CONSUL_LOCK_MT);
+    if (u != NULL && u->lk != NULL && !u->lk->busy) {
         lua_settop(L, 1);
         lua_pushcfunction(L, lock_release);
         lua_insert(L, 1);
@@ -582,7 +913,7 @@ static int lock_index(lua_State *L)
     consul_lock *lk = checklock(L, 1);
     const char *k = luaL_checkstring(L, 2);
     if (strcmp(k, "key") == 0) {
-        lua_pushstring(L, lk->key);
+        lua_pushlstring(L, lk->key, lk->key_len);
     } else if (strcmp(k, "session") == 0) {
         if (lk->session[0])
             lua_pushstring(L, lk->session);
@@ -608,11 +939,13 @@ static int lock_index(lua_State *L)
 static int lock_tostring(lua_State *L)
 {
     lock_ud *u = luaL_checkudata(L, 1, CONSUL_LOCK_MT);
+    char name[256];
     if (u->lk == NULL)
         lua_pushliteral(L, "consul.Lock (gone)");
     else
         lua_pushfstring(L, "consul.%s (%s, %s)",
-                        u->lk->kind == CONSUL_KIND_SEMAPHORE ? "Semaphore" : "Lock", u->lk->key,
+                        u->lk->kind == CONSUL_KIND_SEMAPHORE ? "Semaphore" : "Lock",
+                        consul_lock_name(u->lk, name, sizeof name),
                         consul_lock_held(u->lk) ? "held" : "not held");
     return 1;
 }
@@ -630,6 +963,8 @@ void consul_lock_open(lua_State *L)
     consul_renew_atexit_once();
     luaL_newmetatable(L, CONSUL_LOCK_MT);          /* module, mt */
     consul_newlib(L, lock_methods);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -4, "Lock");                   /* consul.Lock: the methods, for nginx */
     lua_pushcclosure(L, lock_index, 1);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, lock_gc);

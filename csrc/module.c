@@ -28,6 +28,7 @@ int luaopen_consul_core(lua_State *L)
     lua_pushliteral(L, CONSUL_VERSION);
     lua_setfield(L, -2, "_VERSION");
     consul_json_open(L);
+    consul_op_open(L);
     consul_routes_open(L);
     consul_client_open(L);
     consul_lock_open(L);

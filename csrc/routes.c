@@ -147,7 +147,7 @@ static const route routes[] = {
     RX("event", "fire", "PUT", "/v1/event/fire/:name", B_OPT, CONSUL_ANS_AUTO,
        CONSUL_JSON_B64PAYLOAD, 0),
     RX("event", "list", "GET", "/v1/event/list", B_NONE, CONSUL_ANS_AUTO, CONSUL_JSON_B64PAYLOAD,
-       0),
+       CONSUL_CALL_HASH_INDEX),
 
     /* health */
     R("health", "node", "GET", "/v1/health/node/:node"),
@@ -187,7 +187,7 @@ static const route routes[] = {
     /* session */
     RX("session", "create", "PUT", "/v1/session/create", B_OPT, CONSUL_ANS_ID,
        CONSUL_JSON_DURATIONS, 0),
-    R("session", "destroy", "PUT", "/v1/session/destroy/:uuid"),
+    RX("session", "destroy", "PUT", "/v1/session/destroy/:uuid", B_NONE, CONSUL_ANS_BOOL, 0, 0),
     RX("session", "renew", "PUT", "/v1/session/renew/:uuid", B_NONE, CONSUL_ANS_FIRST, 0,
        CONSUL_CALL_ABSENT_OK),
     RX("session", "info", "GET", "/v1/session/info/:uuid", B_NONE, CONSUL_ANS_FIRST, 0, 0),
@@ -220,62 +220,61 @@ static int nparams(const char *path)
 static int route_call(lua_State *L)
 {
     const route *r = &routes[lua_tointeger(L, lua_upvalueindex(1))];
-    consul_client *c = consul_group_client(L);
-    int np = nparams(r->path), arg = 2, optarg;
+    int np = nparams(r->path), arg = 2, optarg, box;
     const char *p = r->path;
-    consul_call call;
-    consul_resp rs;
+    consul_client *c;
+    consul_op *op;
 
     optarg = 2 + np + (r->body != B_NONE);
     if (lua_gettop(L) > optarg)
-        return luaL_error(L, "too many arguments to '%s' (%d expected at most)", r->name,
+        return consul_error(L, "too many arguments to '%s' (%d expected at most)", r->name,
                           optarg - 1);
-    lua_settop(L, optarg);
+    c = consul_group_client(L, optarg);            /* optarg + 1 */
+    op = consul_op_new(L, c);                      /* optarg + 2 */
+    box = lua_gettop(L);
+    op->m.rq.method = r->method;
+    op->answer = r->answer;
+    op->json_flags = r->json_flags;
+    op->flags = r->flags;
 
-    consul_path_begin(L, c, "");
     while (*p) {
         const char *seg = strchr(p, ':');
         if (seg == NULL) {
-            if (consul_buf_adds(&c->path, p) != 0)
-                return luaL_error(L, "not enough memory");
+            consul_op_path(L, op, p);
             break;
         }
-        if (consul_buf_add(&c->path, p, (size_t)(seg - p)) != 0)
-            return luaL_error(L, "not enough memory");
-        consul_path_add(L, c, arg++, strcmp(seg, ":key") == 0);
+        if (consul_buf_add(&op->m.path, p, (size_t)(seg - p)) != 0)
+            return consul_error(L, "not enough memory");
+        consul_op_path_arg(L, op, arg++, strcmp(seg, ":key") == 0);
         p = strchr(seg, '/');
         if (p == NULL)
             break;
     }
 
-    memset(&call, 0, sizeof call);
-    call.method = r->method;
-    call.answer = r->answer;
-    call.json_flags = r->json_flags;
-    call.flags = r->flags;
     if (r->body != B_NONE) {
         int t = lua_type(L, arg);
         if (t == LUA_TSTRING) {
-            call.body = lua_tolstring(L, arg, &call.body_len);
+            op->m.rq.body = lua_tolstring(L, arg, &op->m.rq.body_len);
+            op->m.rq.content_type = "application/octet-stream";
+            consul_op_keep(L, op, arg);
         } else if (t == LUA_TTABLE) {
-            consul_buf_reset(&c->enc);
-            consul_json_encode(L, arg, arg, &c->enc, r->json_flags);
-            call.body = c->enc.data;
-            call.body_len = c->enc.len;
-            call.content_type = "application/json";
+            consul_json_encode(L, arg, arg, &op->m.body, r->json_flags);
+            op->m.rq.body = op->m.body.data;
+            op->m.rq.body_len = op->m.body.len;
+            op->m.rq.content_type = "application/json";
         } else if (t == LUA_TNIL && (r->flags & CONSUL_CALL_EMPTY_BODY_OBJECT)) {
-            call.body = "{}";
-            call.body_len = 2;
-            call.content_type = "application/json";
+            op->m.rq.body = "{}";
+            op->m.rq.body_len = 2;
+            op->m.rq.content_type = "application/json";
         } else if (t != LUA_TNIL || r->body == B_REQ) {
-            return luaL_argerror(L, arg, lua_pushfstring(L, "table or string expected, got %s",
+            return consul_argerror(L, arg, lua_pushfstring(L, "table or string expected, got %s",
                                                          luaL_typename(L, arg)));
         }
     }
     if (!lua_isnil(L, optarg) && lua_type(L, optarg) != LUA_TTABLE)
-        return luaL_argerror(L, optarg, "options table expected");
-    consul_opts(L, optarg, c, &call, 0);
-    return consul_client_call(L, c, &call, &rs);
+        return consul_argerror(L, optarg, "options table expected");
+    consul_op_opts(L, optarg, op, 0);
+    return consul_op_call(L, c, op, box);
 }
 
 static int group_tostring(lua_State *L)

@@ -4,6 +4,10 @@
  * 0xe0f69a2baa414de0), and prefix/.lock holds {"Limit":N,"Holders":{"<session>":true,...}},
  * changed only by check-and-set. Holders whose sessions no longer hold a contender key are
  * pruned by whoever updates the .lock next.
+ *
+ * Acquire and release are machines (mach.c), like a lock's. Holder names read from the
+ * .lock are kept with their lengths and written back JSON-escaped, whatever they hold; a
+ * failure is reported with its own request's answer.
  */
 #include "consul.h"
 
@@ -12,6 +16,14 @@
 #include <string.h>
 
 #define MAX_HOLDERS 1024
+#define GRACE_MS 1000
+#define RETRY_MIN_MS 100
+#define RETRY_MAX_MS 1000
+
+typedef struct holder {
+    char name[64];
+    size_t len;
+} holder;
 
 /* The decoded prefix/.lock */
 typedef struct semlock {
@@ -19,17 +31,41 @@ typedef struct semlock {
     uint64_t modify_index;
     long limit;
     int n;
-    char holders[MAX_HOLDERS][64];
+    holder holders[MAX_HOLDERS];
     consul_json value;  /* the decoded Value's own parse */
 } semlock;
+
+typedef struct sem {
+    semlock s;
+    int64_t wait_ms, deadline, next_renew, retry;
+    uint64_t index;
+    int tries, races;
+    int failed;
+    consul_resp fail;
+    char fail_msg[512];
+} sem;
+
+static void sem_free(void *p)
+{
+    sem *x = p;
+    consul_json_free(&x->s.value);
+    free(x);
+}
 
 static int find_holder(const semlock *s, const char *session)
 {
     int i;
+    size_t n = strlen(session);
     for (i = 0; i < s->n; i++)
-        if (strcmp(s->holders[i], session) == 0)
+        if (s->holders[i].len == n && memcmp(s->holders[i].name, session, n) == 0)
             return i;
     return -1;
+}
+
+static void drop_holder(semlock *s, int i)
+{
+    memmove(&s->holders[i], &s->holders[i + 1], (size_t)(s->n - i - 1) * sizeof s->holders[0]);
+    s->n--;
 }
 
 /* Reads the .lock record rec into s: 0 ok, -1 its flags are not ours, -2 unreadable. */
@@ -38,16 +74,20 @@ static int decode_lock(consul_lock *lk, consul_json *d, cJSON *rec, semlock *s)
     uint64_t flags;
     cJSON *v, *root, *h;
     long got;
+    size_t len;
     char *text;
+    consul_json_free(&s->value);
     s->exists = 1;
     s->n = 0;
     if (consul_json_u64(d, cJSON_GetObjectItemCaseSensitive(rec, "Flags"), &flags) != 0 ||
         flags != lk->flags)
         return -1;
-    consul_json_u64(d, cJSON_GetObjectItemCaseSensitive(rec, "ModifyIndex"), &s->modify_index);
+    if (consul_json_u64(d, cJSON_GetObjectItemCaseSensitive(rec, "ModifyIndex"),
+                        &s->modify_index) != 0)
+        return -2;
     v = cJSON_GetObjectItemCaseSensitive(rec, "Value");
-    if (!cJSON_IsString(v) ||
-        (got = consul_base64_decode_inplace(v->valuestring, strlen(v->valuestring))) < 0)
+    if (consul_json_str(d, v, &len) == NULL ||
+        (got = consul_base64_decode_inplace(v->valuestring, len)) < 0)
         return -2;
     text = v->valuestring;  /* decoded in place: base64 only shrinks */
     text[got] = '\0';
@@ -55,14 +95,24 @@ static int decode_lock(consul_lock *lk, consul_json *d, cJSON *rec, semlock *s)
         return -2;
     root = s->value.root;
     v = cJSON_GetObjectItemCaseSensitive(root, "Limit");
-    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 1 && v->valuedouble <= 1000000))
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 1 && v->valuedouble <= 1000000) ||
+        v->valuedouble != (double)(long)v->valuedouble)
         return -2;
     s->limit = (long)v->valuedouble;
-    cJSON_ArrayForEach(h, cJSON_GetObjectItemCaseSensitive(root, "Holders")) {
+    h = cJSON_GetObjectItemCaseSensitive(root, "Holders");
+    if (h != NULL && !cJSON_IsObject(h) && !cJSON_IsNull(h))
+        return -2;
+    cJSON_ArrayForEach(h, h) {
+        const char *k;
         /* a holder we cannot keep would be dropped by our next check-and-set: refuse */
-        if (s->n >= MAX_HOLDERS || h->string == NULL || strlen(h->string) >= 64)
+        if (s->n >= MAX_HOLDERS || h->string == NULL)
             return -2;
-        strcpy(s->holders[s->n++], h->string);
+        k = consul_json_key(&s->value, h, &len);
+        if (len >= sizeof s->holders[0].name)
+            return -2;
+        memcpy(s->holders[s->n].name, k, len);
+        s->holders[s->n].len = len;
+        s->n++;
     }
     return 0;
 }
@@ -71,35 +121,33 @@ static int decode_lock(consul_lock *lk, consul_json *d, cJSON *rec, semlock *s)
 static cJSON *find_lock_record(consul_lock *lk, consul_json *d)
 {
     cJSON *rec;
-    size_t plen = strlen(lk->key);
     cJSON_ArrayForEach(rec, d->root) {
-        cJSON *k = cJSON_GetObjectItemCaseSensitive(rec, "Key");
-        if (cJSON_IsString(k) && strncmp(k->valuestring, lk->key, plen) == 0 &&
-            strcmp(k->valuestring + plen, "/.lock") == 0)
+        size_t n;
+        const char *k = consul_json_field_str(d, rec, "Key", &n);
+        if (k != NULL && n == lk->key_len + 6 && memcmp(k, lk->key, lk->key_len) == 0 &&
+            memcmp(k + lk->key_len, "/.lock", 6) == 0)
             return rec;
     }
     return NULL;
 }
 
 /* Drops holders whose session holds no contender key under the prefix. */
-static void prune(consul_lock *lk, consul_json *d, semlock *s)
+static void prune(consul_json *d, semlock *s)
 {
     int i = 0;
-    (void)lk;
     while (i < s->n) {
         cJSON *rec;
         int alive = 0;
         cJSON_ArrayForEach(rec, d->root) {
-            cJSON *ss = cJSON_GetObjectItemCaseSensitive(rec, "Session");
-            if (cJSON_IsString(ss) && strcmp(ss->valuestring, s->holders[i]) == 0)
+            size_t n;
+            const char *ss = consul_json_field_str(d, rec, "Session", &n);
+            if (ss != NULL && n == s->holders[i].len && memcmp(ss, s->holders[i].name, n) == 0)
                 alive = 1;
         }
-        if (alive) {
+        if (alive)
             i++;
-        } else {
-            memmove(s->holders[i], s->holders[i + 1], (size_t)(s->n - i - 1) * 64);
-            s->n--;
-        }
+        else
+            drop_holder(s, i);
     }
 }
 
@@ -110,167 +158,286 @@ static int encode_lock(consul_buf *b, const semlock *s)
     if (consul_buf_addf(b, "{\"Limit\":%ld,\"Holders\":{", s->limit) != 0)
         return -1;
     for (i = 0; i < s->n; i++)
-        if (consul_buf_addf(b, "%s\"%s\":true", i ? "," : "", s->holders[i]) != 0)
+        if ((i > 0 && consul_buf_add(b, ",", 1) != 0) ||
+            consul_buf_add_json_string(b, s->holders[i].name, s->holders[i].len) != 0 ||
+            consul_buf_adds(b, ":true") != 0)
             return -1;
     return consul_buf_adds(b, "}}");
 }
 
-static int kv_path(consul_lock *lk, char *out, size_t n, const char *leaf)
+/* m->path = the prefix's path + leaf (escaped unless it is ".lock") */
+static int leaf_path(consul_mach *m, const char *leaf)
 {
-    return snprintf(out, n, "%s%s", lk->path, leaf) < (int)n ? 0 : -1;
+    consul_buf_reset(&m->path);
+    consul_buf_reset(&m->query);
+    return consul_buf_adds(&m->path, m->lk->path) != 0 ||
+                   consul_buf_add_escaped(&m->path, leaf, strlen(leaf), 0) != 0
+               ? -1
+               : 0;
 }
 
-/* PUT prefix/.lock?cas=<index>&flags=<sem> with s: 1 set, 0 lost the race, else -code. */
-static int cas_lock(consul_lock *lk, attempt *a, const semlock *s, consul_buf *body)
+static int oom(consul_mach *m)
 {
-    char path[1200], query[96];
-    if (kv_path(lk, path, sizeof path, ".lock") != 0 || encode_lock(body, s) != 0)
-        return -CONSUL_ENOMEM;
-    snprintf(query, sizeof query, "cas=%llu&flags=%llu", (unsigned long long)s->modify_index,
-             (unsigned long long)lk->flags);
-    if (consul_att_send(a, "PUT", path, query, body->data, body->len, 0) != CONSUL_OK)
-        return -consul_att_failed(a);
-    return a->rs.body_len >= 4 && strncmp(a->rs.body, "true", 4) == 0;
+    return consul_mach_done(m, CONSUL_ENOMEM, NULL, "consul: out of memory");
 }
 
-int consul_sem_acquire(consul_lock *lk, attempt *a, int64_t wait_ms)
+/* PUT prefix/.lock?cas=<index>&flags=<sem> with s */
+static int send_cas(consul_mach *m, const semlock *s)
 {
-    int64_t start = consul_now_ms(), now, next_renew;
-    int64_t deadline = wait_ms < 0 ? INT64_MAX : start + wait_ms;
-    uint64_t index = 0;
-    char path[1200], query[160];
-    consul_buf body = CONSUL_BUF_INIT;
-    semlock *s = calloc(1, sizeof *s);
-    int tries = 0, races = 0, rc;
+    if (leaf_path(m, ".lock") != 0 || encode_lock(&m->body, s) != 0 ||
+        consul_buf_addf(&m->query, "cas=%llu&flags=%llu", (unsigned long long)s->modify_index,
+                        (unsigned long long)m->lk->flags) != 0)
+        return oom(m);
+    return consul_mach_send(m, "PUT", m->body.data, m->body.len, 0);
+}
 
-    if (s == NULL)
-        return CONSUL_ENOMEM;
-    if (lk->session[0] == '\0' && (rc = consul_att_session_create(lk, a)) != CONSUL_OK)
-        goto done;
-    next_renew = LOAD(&lk->lease_ms) + LOAD(&lk->ttl_ms) / 2;
+static int answered_true(const consul_resp *rs)
+{
+    return rs->body_len >= 4 && strncmp(rs->body, "true", 4) == 0;
+}
 
-    /* Our contender key, held by our session. (new_lock bounds the path: this fits.) */
-    if (kv_path(lk, path, sizeof path, lk->session) != 0) {
-        rc = CONSUL_ENOMEM;
-        goto done;
-    }
-    snprintf(query, sizeof query, "acquire=%s&flags=%llu", lk->session,
-             (unsigned long long)lk->flags);
-    if (consul_att_send(a, "PUT", path, query, lk->value ? lk->value : "", lk->value_len, 0) !=
-        CONSUL_OK) {
-        rc = consul_att_failed(a);
-        goto done;
-    }
-    if (a->rs.body_len < 4 || strncmp(a->rs.body, "true", 4) != 0) {
-        snprintf(a->msg, sizeof a->msg, "consul: semaphore %.200s: cannot take contender key %.300s",
-                 lk->key, path);
-        rc = CONSUL_ECONFLICT;
-        goto done;
-    }
+/* ---- acquire ------------------------------------------------------------------- */
 
-    for (;;) {
-        cJSON *rec;
-        long w = 0;
-        now = consul_now_ms();
-        /* A lost check-and-set race is no try: read again at once (wait = 0 too). */
-        if (tries > 0 && now >= deadline && !(races > 0 && races <= 64)) {
-            snprintf(a->msg, sizeof a->msg,
-                     "consul: semaphore %s: not acquired in %.3g s: %d of %ld slots taken",
-                     lk->key, (double)wait_ms / 1000, s->n, s->limit);
-            rc = CONSUL_ETIMEOUT;
-            goto done;
+enum { S_START, S_CREATE, S_CONTENDER, S_RENEW, S_READ, S_CAS, S_SLEEP_RETRY };
+
+static int sem_timeout(consul_mach *m)
+{
+    sem *x = m->ext;
+    char name[256];
+    consul_lock_name(m->lk, name, sizeof name);
+    if (x->failed && x->s.limit == 0) {
+        snprintf(m->msg, sizeof m->msg, "consul: semaphore %s: not acquired in %.3g s: %s",
+                 name, (double)x->wait_ms / 1000, x->fail_msg);
+        m->last = x->fail;
+        m->rc = x->fail.code;
+        m->done = 1;
+        return CONSUL_DONE;
+    }
+    snprintf(m->msg, sizeof m->msg,
+             "consul: semaphore %s: not acquired in %.3g s: %d of %ld slots taken", name,
+             (double)x->wait_ms / 1000, x->s.n, x->s.limit ? x->s.limit : (long)m->lk->limit);
+    consul_resp_reset(&m->last);
+    m->last.code = CONSUL_ETIMEOUT;
+    m->rc = CONSUL_ETIMEOUT;
+    m->done = 1;
+    return CONSUL_DONE;
+}
+
+static int sem_failed(consul_mach *m, const consul_resp *rs)
+{
+    sem *x = m->ext;
+    int64_t now = consul_now_ms(), pause;
+    if (x->wait_ms == 0 || !consul_retryable(rs->code, rs->status))
+        return consul_mach_done(m, rs->code, rs, NULL);
+    x->failed = 1;
+    x->fail = *rs;
+    consul_format_failure(x->fail_msg, sizeof x->fail_msg, m->rq.method, m->rq.path, rs);
+    if (x->deadline != CONSUL_NEVER && now >= x->deadline)
+        return sem_timeout(m);
+    pause = x->retry;
+    x->retry = x->retry * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : x->retry * 2;
+    if (x->deadline != CONSUL_NEVER && now + pause > x->deadline)
+        pause = x->deadline - now;
+    x->index = 0;
+    m->state = S_SLEEP_RETRY;
+    m->sleep_ms = pause > 0 ? pause : 1;
+    return CONSUL_SLEEP;
+}
+
+static int send_contender(consul_mach *m)
+{
+    consul_lock *lk = m->lk;
+    if (leaf_path(m, lk->session) != 0 || consul_buf_adds(&m->query, "acquire=") != 0 ||
+        consul_buf_add_escaped(&m->query, lk->session, strlen(lk->session), 0) != 0 ||
+        consul_buf_addf(&m->query, "&flags=%llu", (unsigned long long)lk->flags) != 0)
+        return oom(m);
+    m->state = S_CONTENDER;
+    return consul_mach_send(m, "PUT", lk->value != NULL ? lk->value : "", lk->value_len, 0);
+}
+
+static int sem_next(consul_mach *m)
+{
+    consul_lock *lk = m->lk;
+    sem *x = m->ext;
+    int64_t now = consul_now_ms();
+    long w = 0;
+    /* A lost check-and-set race is no try: read again at once (wait = 0 too). */
+    if (x->tries > 0 && x->deadline != CONSUL_NEVER && now >= x->deadline &&
+        !(x->races > 0 && x->races <= 64))
+        return sem_timeout(m);
+    if (lk->own_session && LOAD(&lk->ttl_ms) > 0 && now >= x->next_renew) {
+        m->state = S_RENEW;
+        return consul_sess_renew(m);
+    }
+    x->tries++;
+    consul_buf_reset(&m->path);
+    consul_buf_reset(&m->query);
+    if (consul_buf_adds(&m->path, lk->path) != 0 || consul_buf_adds(&m->query, "recurse") != 0)
+        return oom(m);
+    if (x->index > 0) {
+        int64_t left = x->deadline == CONSUL_NEVER ? CONSUL_MAX_WAIT_MS
+                                                   : (x->deadline - now) * 16 / 17;
+        if (lk->own_session && LOAD(&lk->ttl_ms) > 0 && x->next_renew - now < left)
+            left = x->next_renew - now;
+        w = (long)(left > CONSUL_MAX_WAIT_MS ? CONSUL_MAX_WAIT_MS : left < 1 ? 1 : left);
+        if (consul_buf_addf(&m->query, "&index=%llu&wait=%ldms", (unsigned long long)x->index,
+                            w) != 0)
+            return oom(m);
+    }
+    m->state = S_READ;
+    return consul_mach_send(m, "GET", NULL, 0, w);
+}
+
+static int sem_step(consul_mach *m, const consul_resp *rs)
+{
+    consul_lock *lk = m->lk;
+    sem *x = m->ext;
+    semlock *s = &x->s;
+    cJSON *rec;
+    char name[256];
+    int d;
+
+    switch (m->state) {
+    case S_START:
+        if (lk->session[0] == '\0') {
+            m->state = S_CREATE;
+            return consul_sess_create(m);
         }
-        if ((rc = consul_att_keep_alive(lk, a, now, &next_renew)) != CONSUL_OK)
-            goto done;
-        tries++;
-        if (index > 0) {
-            w = consul_att_wait_ms(lk, now, deadline, next_renew);
-            snprintf(query, sizeof query, "recurse&index=%llu&wait=%ldms",
-                     (unsigned long long)index, w);
-        } else {
-            snprintf(query, sizeof query, "recurse");
+        x->next_renew = LOAD(&lk->lease_ms) + LOAD(&lk->ttl_ms) / 2;
+        return send_contender(m);
+
+    case S_CREATE:
+        if (rs->code != CONSUL_OK)
+            return sem_failed(m, rs);
+        if (consul_sess_created(m, rs) != 0)
+            return consul_mach_done(m, m->last.code, NULL, NULL);
+        x->next_renew = LOAD(&lk->lease_ms) + LOAD(&lk->ttl_ms) / 2;
+        return send_contender(m);
+
+    case S_CONTENDER:
+        if (rs->code != CONSUL_OK)
+            return sem_failed(m, rs);
+        if (!answered_true(rs)) {
+            snprintf(m->msg, sizeof m->msg, "consul: semaphore %s: cannot take contender key "
+                                            "%.300s", consul_lock_name(lk, name, sizeof name),
+                     m->rq.path);
+            consul_mach_done(m, CONSUL_ECONFLICT, NULL, m->msg);
+            consul_resp_reset(&m->last);
+            m->last.code = CONSUL_ECONFLICT;
+            return CONSUL_DONE;
         }
-        consul_att_send(a, "GET", lk->path, query, NULL, 0, w);
-        if (a->rs.code != CONSUL_OK) {
-            rc = consul_att_failed(a);
-            goto done;
-        }
-        if ((rc = consul_att_parse(a)) != CONSUL_OK)
-            goto done;
+        return sem_next(m);
+
+    case S_RENEW:
+        if (rs->code != CONSUL_OK)
+            return sem_failed(m, rs);  /* a 404 (session gone) is no retry: it fails */
+        consul_sess_renewed(m, rs, m->sent);
+        x->next_renew = m->sent + LOAD(&lk->ttl_ms) / 2;
+        return sem_next(m);
+
+    case S_READ:
+        if (rs->code != CONSUL_OK)
+            return sem_failed(m, rs);
+        x->retry = RETRY_MIN_MS;
+        if (consul_mach_parse(m, rs) != 0 || !cJSON_IsArray(m->doc.root))
+            return consul_mach_done(m, CONSUL_EDECODE, NULL, NULL);
         consul_json_free(&s->value);
         memset(s, 0, sizeof *s);
-        rec = find_lock_record(lk, &a->doc);
+        rec = find_lock_record(lk, &m->doc);
         s->limit = lk->limit;
         if (rec != NULL) {
-            int d = decode_lock(lk, &a->doc, rec, s);
+            d = decode_lock(lk, &m->doc, rec, s);
             if (d == -1) {
-                snprintf(a->msg, sizeof a->msg,
+                snprintf(m->msg, sizeof m->msg,
                          "consul: semaphore %s: %s/.lock exists and is not a semaphore",
-                         lk->key, lk->key);
-                rc = CONSUL_ECONFLICT;
-                goto done;
+                         consul_lock_name(lk, name, sizeof name), name);
+                consul_mach_done(m, CONSUL_ECONFLICT, NULL, m->msg);
+                consul_resp_reset(&m->last);
+                m->last.code = CONSUL_ECONFLICT;
+                return CONSUL_DONE;
             }
             if (d == -2) {
-                a->rs.code = CONSUL_EDECODE;
-                rc = consul_att_failed(a);
-                goto done;
+                m->last = *rs;
+                m->last.code = CONSUL_EDECODE;
+                snprintf(m->last.error, sizeof m->last.error, "a malformed .lock");
+                return consul_mach_done(m, CONSUL_EDECODE, NULL, NULL);
             }
             if (s->limit != lk->limit) {
-                snprintf(a->msg, sizeof a->msg,
+                snprintf(m->msg, sizeof m->msg,
                          "consul: semaphore %s: limit conflict (.lock says %ld, we say %d)",
-                         lk->key, s->limit, lk->limit);
-                rc = CONSUL_ECONFLICT;
-                goto done;
+                         consul_lock_name(lk, name, sizeof name), s->limit, lk->limit);
+                consul_mach_done(m, CONSUL_ECONFLICT, NULL, m->msg);
+                consul_resp_reset(&m->last);
+                m->last.code = CONSUL_ECONFLICT;
+                return CONSUL_DONE;
             }
         }
-        prune(lk, &a->doc, s);
-        if (find_holder(s, lk->session) >= 0) {
-            rc = CONSUL_OK;
-            goto done;
-        }
+        prune(&m->doc, s);
+        if (find_holder(s, lk->session) >= 0)
+            return consul_mach_done(m, CONSUL_OK, rs, NULL);
         if (s->n >= s->limit) {
-            races = 0;
-            if (wait_ms == 0)
-                continue;  /* the deadline check above ends it */
-            index = a->rs.has_index ? a->rs.index : 0;
-            continue;
+            x->races = 0;
+            if (x->wait_ms != 0)
+                x->index = rs->has_index ? rs->index : 0;
+            return sem_next(m);  /* the deadline check ends a wait = 0 */
         }
-        if (s->n >= MAX_HOLDERS) {
-            rc = CONSUL_ENOMEM;
-            goto done;
-        }
-        strcpy(s->holders[s->n++], lk->session);
-        rc = cas_lock(lk, a, s, &body);
-        if (rc == 1) {
-            rc = CONSUL_OK;
-            goto done;
-        }
-        if (rc < 0) {
-            rc = -rc;
-            goto done;
-        }
-        index = 0;  /* lost the race: read again at once */
-        races++;
-    }
+        if (s->n >= MAX_HOLDERS)
+            return oom(m);
+        memcpy(s->holders[s->n].name, lk->session, strlen(lk->session));
+        s->holders[s->n].len = strlen(lk->session);
+        s->n++;
+        m->state = S_CAS;
+        return send_cas(m, s);
 
-done:
-    if (rc != CONSUL_OK && lk->session[0] != '\0' &&
-        kv_path(lk, path, sizeof path, lk->session) == 0) {
-        /* A failed attempt leaves no contender behind. */
-        consul_resp keep = a->rs;
-        char msg[sizeof a->msg];
-        memcpy(msg, a->msg, sizeof msg);
-        consul_att_send(a, "DELETE", path, NULL, NULL, 0, 0);
-        a->rs = keep;
-        memcpy(a->msg, msg, sizeof msg);
+    case S_CAS:
+        if (rs->code != CONSUL_OK)
+            return sem_failed(m, rs);
+        if (answered_true(rs))
+            return consul_mach_done(m, CONSUL_OK, rs, NULL);
+        x->index = 0;  /* lost the race: read again at once */
+        x->races++;
+        return sem_next(m);
+
+    case S_SLEEP_RETRY:
+        if (lk->session[0] == '\0') {
+            m->state = S_CREATE;
+            return consul_sess_create(m);
+        }
+        return x->tries == 0 ? send_contender(m) : sem_next(m);
     }
-    consul_json_free(&s->value);
-    free(s);
-    consul_buf_free(&body);
-    return rc;
+    return oom(m);
 }
 
-/* For the watch thread: the parsed recursive read still lists us as a holder? */
+static void sem_abandon(consul_mach *m)
+{
+    consul_lock *lk = m->lk;
+    if (lk == NULL)
+        return;
+    lk->busy = 0;
+    if (lk->own_session && lk->session[0] != '\0')
+        consul_renew_cleanup(lk);
+}
+
+void consul_sem_acquire_init(consul_mach *m, consul_lock *lk, int64_t wait_ms)
+{
+    sem *x = calloc(1, sizeof *x);
+    int64_t now = consul_now_ms();
+    consul_lock_retain(lk);
+    m->lk = lk;
+    m->step = x != NULL ? sem_step : NULL;
+    m->abandon = sem_abandon;
+    m->state = S_START;
+    m->ext = x;
+    m->ext_free = sem_free;
+    if (x == NULL)
+        return;
+    x->wait_ms = wait_ms;
+    x->deadline = wait_ms < 0 ? CONSUL_NEVER : now + wait_ms;
+    m->hard = wait_ms < 0 ? CONSUL_NEVER : now + wait_ms + GRACE_MS;
+    x->retry = RETRY_MIN_MS;
+}
+
+/* For the watch: the parsed recursive read still lists us as a holder? */
 int consul_sem_check(consul_lock *lk, consul_json *doc)
 {
     semlock *s = calloc(1, sizeof *s);
@@ -280,7 +447,7 @@ int consul_sem_check(consul_lock *lk, consul_json *doc)
         return 0;
     rec = cJSON_IsArray(doc->root) ? find_lock_record(lk, doc) : NULL;
     if (rec != NULL && decode_lock(lk, doc, rec, s) == 0) {
-        prune(lk, doc, s);  /* our contender key lost its session: we are no holder */
+        prune(doc, s);  /* our contender key lost its session: we are no holder */
         if (find_holder(s, lk->session) >= 0)
             ours = 1;
     }
@@ -289,48 +456,87 @@ int consul_sem_check(consul_lock *lk, consul_json *doc)
     return ours;
 }
 
-/* Leaves the holders (by CAS, retried), deletes the contender key. CONSUL_OK or a code. */
-int consul_sem_release(consul_lock *lk, attempt *a)
+/* ---- release: leave the holders (by CAS, retried), delete the contender key, destroy an
+ * own session ------------------------------------------------------------------------ */
+
+enum { SR_START, SR_READ, SR_CAS, SR_DELETE, SR_DESTROY };
+
+static int send_delete(consul_mach *m)
 {
-    char path[1200];
-    consul_buf body = CONSUL_BUF_INIT;
-    semlock *s = calloc(1, sizeof *s);
-    int tries, rc = CONSUL_OK;
-    if (s == NULL)
-        return CONSUL_ENOMEM;
-    if (kv_path(lk, path, sizeof path, ".lock") != 0) {
-        free(s);
-        return CONSUL_ENOMEM;
-    }
-    for (tries = 0; tries < 16; tries++) {
-        cJSON *rec;
-        int i;
-        if (consul_att_send(a, "GET", path, NULL, NULL, 0, 0) != CONSUL_OK) {
-            if (a->rs.status != 404)
-                rc = consul_att_failed(a);
-            break;
-        }
-        if (consul_att_parse(a) != CONSUL_OK || !cJSON_IsArray(a->doc.root) ||
-            (rec = a->doc.root->child) == NULL)
-            break;
+    if (leaf_path(m, m->lk->session) != 0)
+        return oom(m);
+    m->state = SR_DELETE;
+    return consul_mach_send(m, "DELETE", NULL, 0, 0);
+}
+
+static int semrel_step(consul_mach *m, const consul_resp *rs)
+{
+    consul_lock *lk = m->lk;
+    sem *x = m->ext;
+    semlock *s = &x->s;
+    cJSON *rec;
+    int i;
+
+    switch (m->state) {
+    case SR_START:
+        if (lk->session[0] == '\0')
+            return consul_mach_done(m, CONSUL_OK, NULL, NULL);
+        if (leaf_path(m, ".lock") != 0)
+            return oom(m);
+        m->state = SR_READ;
+        return consul_mach_send(m, "GET", NULL, 0, 0);
+
+    case SR_READ:
+        if (rs->status == 404)
+            return send_delete(m);
+        if (rs->code != CONSUL_OK)
+            return consul_mach_done(m, rs->code, rs, NULL);
+        if (consul_mach_parse(m, rs) != 0 || !cJSON_IsArray(m->doc.root) ||
+            (rec = m->doc.root->child) == NULL)
+            return send_delete(m);
         consul_json_free(&s->value);
         memset(s, 0, sizeof *s);
-        if (decode_lock(lk, &a->doc, rec, s) != 0 || (i = find_holder(s, lk->session)) < 0)
-            break;
-        memmove(s->holders[i], s->holders[i + 1], (size_t)(s->n - i - 1) * 64);
-        s->n--;
-        i = cas_lock(lk, a, s, &body);
-        if (i != 0) {
-            if (i < 0)
-                rc = -i;
-            break;
-        }
+        if (decode_lock(lk, &m->doc, rec, s) != 0 || (i = find_holder(s, lk->session)) < 0)
+            return send_delete(m);
+        drop_holder(s, i);
+        m->state = SR_CAS;
+        return send_cas(m, s);
+
+    case SR_CAS:
+        if (rs->code != CONSUL_OK)
+            return consul_mach_done(m, rs->code, rs, NULL);
+        if (answered_true(rs) || ++x->races >= 16)
+            return send_delete(m);  /* out of the holders (or pruned by the next one) */
+        if (leaf_path(m, ".lock") != 0)
+            return oom(m);
+        m->state = SR_READ;
+        return consul_mach_send(m, "GET", NULL, 0, 0);
+
+    case SR_DELETE:
+        if (rs->code != CONSUL_OK)
+            return consul_mach_done(m, rs->code, rs, NULL);
+        if (!lk->own_session)
+            return consul_mach_done(m, CONSUL_OK, rs, NULL);
+        m->state = SR_DESTROY;
+        return consul_sess_destroy(m);
+
+    case SR_DESTROY:
+        if (rs->code != CONSUL_OK && rs->status != 404)
+            return consul_mach_done(m, rs->code, rs, NULL);
+        lk->session[0] = '\0';
+        lk->own_session = 0;
+        return consul_mach_done(m, CONSUL_OK, rs, NULL);
     }
-    if (lk->session[0] != '\0' && kv_path(lk, path, sizeof path, lk->session) == 0 &&
-        consul_att_send(a, "DELETE", path, NULL, NULL, 0, 0) != CONSUL_OK && rc == CONSUL_OK)
-        rc = consul_att_failed(a);
-    consul_json_free(&s->value);
-    free(s);
-    consul_buf_free(&body);
-    return rc;
+    return oom(m);
+}
+
+void consul_sem_release_init(consul_mach *m, consul_lock *lk)
+{
+    sem *x = calloc(1, sizeof *x);
+    consul_lock_retain(lk);
+    m->lk = lk;
+    m->step = x != NULL ? semrel_step : NULL;
+    m->state = SR_START;
+    m->ext = x;
+    m->ext_free = sem_free;
 }

@@ -1,65 +1,15 @@
 /*
- * session.c: the session and request steps that locks and semaphores share. An "attempt"
- * carries one handle, the last answer and its parsed JSON, and the failure message, so the
- * lock algorithms read as their steps. No Lua here: the renewer runs these too.
+ * session.c: the session steps that lock and semaphore machines share: create, renew,
+ * destroy, and reading another session's lock-delay. Each builds a request of the machine's
+ * (returning what consul_mach_send returns) or reads its answer. No Lua here: the renewer
+ * runs these too. A session ID from the server is checked before it is kept, and escaped
+ * wherever it goes.
  */
 #include "consul.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-
-
-int consul_att_send(attempt *a, const char *method, const char *path, const char *query,
-                const char *body, size_t blen, long wait_ms)
-{
-    consul_req rq;
-    memset(&rq, 0, sizeof rq);
-    rq.method = method;
-    rq.path = path;
-    rq.query = query;
-    rq.body = body;
-    rq.body_len = blen;
-    rq.content_type = "application/json";
-    rq.wait_ms = wait_ms;
-    a->method = method;
-    a->path = path;
-    consul_json_free(&a->doc);
-    consul_http_perform(a->h, &rq, &a->rs);
-    if (a->requests != NULL) {
-        (*a->requests)++;
-        *a->connects += a->rs.connects;
-    }
-    return a->rs.code;
-}
-
-int consul_att_failed(attempt *a)
-{
-    consul_format_failure(a->msg, sizeof a->msg, a->method, a->path, &a->rs);
-    return a->rs.code;
-}
-
-int consul_att_parse(attempt *a)
-{
-    if (consul_json_parse(&a->doc, a->rs.body, a->rs.body_len) != 0) {
-        a->rs.code = CONSUL_EDECODE;
-        return consul_att_failed(a);
-    }
-    return CONSUL_OK;
-}
-
-void consul_millisleep(int64_t ms)
-{
-    struct timespec ts;
-    if (ms <= 0)
-        return;
-    ts.tv_sec = ms / 1000;
-    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
-    while (nanosleep(&ts, &ts) != 0)
-        ;
-}
 
 /* A Go duration for ms: "15s" when whole seconds, else "1500ms". */
 static void duration(char *out, size_t n, int64_t ms)
@@ -70,105 +20,110 @@ static void duration(char *out, size_t n, int64_t ms)
         snprintf(out, n, "%lldms", (long long)ms);
 }
 
-int consul_att_session_create(consul_lock *lk, attempt *a)
+/* m->path = prefix + the escaped session ID */
+static int session_path(consul_mach *m, const char *prefix, const char *id)
 {
-    cJSON *id;
+    consul_buf_reset(&m->path);
+    consul_buf_reset(&m->query);
+    return consul_buf_adds(&m->path, prefix) != 0 ||
+                   consul_buf_add_escaped(&m->path, id, strlen(id), 0) != 0
+               ? -1
+               : 0;
+}
+
+static int oom(consul_mach *m)
+{
+    consul_resp t;
+    consul_resp_reset(&t);
+    consul_resp_fail(&t, CONSUL_ENOMEM, "out of memory");
+    return consul_mach_done(m, CONSUL_ENOMEM, &t, NULL);
+}
+
+int consul_sess_create(consul_mach *m)
+{
+    consul_lock *lk = m->lk;
     char ttl[32], delay[32];
     duration(ttl, sizeof ttl, lk->ttl_def_ms);
     duration(delay, sizeof delay, lk->lock_delay_ms);
-    consul_buf_reset(&a->body);
-    if (consul_buf_adds(&a->body, "{\"Name\":\"") != 0 ||
-        consul_buf_adds(&a->body, lk->name) != 0 ||  /* checked: no quote or backslash */
-        consul_buf_addf(&a->body, "\",\"TTL\":\"%s\",\"LockDelay\":\"%s\",\"Behavior\":\"%s\"}",
-                        ttl, delay, lk->behavior_delete ? "delete" : "release") != 0)
-        return CONSUL_ENOMEM;
-    if (consul_att_send(a, "PUT", "/v1/session/create", NULL, a->body.data, a->body.len, 0) != CONSUL_OK)
-        return consul_att_failed(a);
-    if (consul_att_parse(a) != CONSUL_OK)
-        return a->rs.code;
-    id = cJSON_GetObjectItemCaseSensitive(a->doc.root, "ID");
-    if (!cJSON_IsString(id) || strlen(id->valuestring) >= sizeof lk->session) {
-        a->rs.code = CONSUL_EDECODE;
-        return consul_att_failed(a);
+    consul_buf_reset(&m->body);
+    consul_buf_reset(&m->path);
+    consul_buf_reset(&m->query);
+    if (consul_buf_adds(&m->body, "{\"Name\":") != 0 ||
+        consul_buf_add_json_string(&m->body, lk->name, strlen(lk->name)) != 0 ||
+        consul_buf_addf(&m->body, ",\"TTL\":\"%s\",\"LockDelay\":\"%s\",\"Behavior\":\"%s\"}",
+                        ttl, delay, lk->behavior_delete ? "delete" : "release") != 0 ||
+        consul_buf_adds(&m->path, "/v1/session/create") != 0)
+        return oom(m);
+    return consul_mach_send(m, "PUT", m->body.data, m->body.len, 0);
+}
+
+int consul_sess_created(consul_mach *m, const consul_resp *rs)
+{
+    consul_lock *lk = m->lk;
+    const char *id;
+    size_t n;
+    if (consul_mach_parse(m, rs) != 0)
+        return -1;
+    id = consul_json_field_str(&m->doc, m->doc.root, "ID", &n);
+    if (!cJSON_IsObject(m->doc.root) || id == NULL || !consul_valid_id(id, n) ||
+        n >= sizeof lk->session) {
+        m->last = *rs;
+        m->last.code = CONSUL_EDECODE;
+        snprintf(m->last.error, sizeof m->last.error, "no session ID in the answer");
+        return -1;
     }
-    strcpy(lk->session, id->valuestring);
+    memcpy(lk->session, id, n);
+    lk->session[n] = '\0';
     lk->own_session = 1;
     STORE(&lk->ttl_ms, lk->ttl_def_ms);
-    STORE(&lk->lease_ms, consul_now_ms());
-    return CONSUL_OK;
+    STORE(&lk->lease_ms, m->sent);  /* the session's clock started at most then */
+    return 0;
 }
 
-int consul_att_session_destroy(consul_lock *lk, attempt *a)
+int consul_sess_renew(consul_mach *m)
 {
-    char path[128];
-    if (!lk->own_session || lk->session[0] == '\0')
-        return CONSUL_OK;  /* a session the caller gave stays: the lock may take it again */
-    snprintf(path, sizeof path, "/v1/session/destroy/%s", lk->session);
-    if (consul_att_send(a, "PUT", path, NULL, NULL, 0, 0) != CONSUL_OK && a->rs.status != 404) {
-        int rc = consul_att_failed(a);  /* now, while path lives; the session stays to retry */
-        a->path = NULL;
-        return rc;
-    }
-    a->path = NULL;
-    lk->session[0] = '\0';
-    lk->own_session = 0;
-    return CONSUL_OK;
+    if (session_path(m, "/v1/session/renew/", m->lk->session) != 0)
+        return oom(m);
+    return consul_mach_send(m, "PUT", NULL, 0, 0);
 }
 
-/* Renews the session while waiting; CONSUL_OK, or a failure (the session is gone). */
-int consul_att_session_renew(consul_lock *lk, attempt *a)
+int consul_sess_renewed(consul_mach *m, const consul_resp *rs, int64_t sent)
 {
-    char path[128];
+    consul_lock *lk = m->lk;
     cJSON *ttl;
-    snprintf(path, sizeof path, "/v1/session/renew/%s", lk->session);
-    if (consul_att_send(a, "PUT", path, NULL, NULL, 0, 0) != CONSUL_OK)
-        return consul_att_failed(a);
-    STORE(&lk->lease_ms, consul_now_ms());
-    if (consul_att_parse(a) == CONSUL_OK && cJSON_IsArray(a->doc.root) &&
-        (ttl = cJSON_GetObjectItemCaseSensitive(a->doc.root->child, "TTL")) != NULL &&
-        cJSON_IsString(ttl) && consul_duration_ms(ttl->valuestring) > 0)
-        STORE(&lk->ttl_ms, consul_duration_ms(ttl->valuestring));
-    return CONSUL_OK;
+    int64_t ms;
+    if (rs->code != CONSUL_OK)
+        return -1;
+    STORE(&lk->lease_ms, sent);
+    if (consul_json_parse(&m->doc, rs->body, rs->body_len) == 0 && cJSON_IsArray(m->doc.root) &&
+        (ttl = cJSON_GetObjectItemCaseSensitive(m->doc.root->child, "TTL")) != NULL &&
+        cJSON_IsString(ttl) && (ms = consul_duration_ms(ttl->valuestring)) > 0)
+        STORE(&lk->ttl_ms, ms);  /* Consul may raise it */
+    return 0;
 }
 
-/* The LockDelay of another session, in ms; -1 when unknown. */
-int64_t consul_att_lock_delay(attempt *a, const char *id)
+int consul_sess_destroy(consul_mach *m)
 {
-    char path[128];
+    if (session_path(m, "/v1/session/destroy/", m->lk->session) != 0)
+        return oom(m);
+    return consul_mach_send(m, "PUT", NULL, 0, 0);
+}
+
+int consul_sess_info(consul_mach *m, const char *id)
+{
+    if (session_path(m, "/v1/session/info/", id) != 0)
+        return oom(m);
+    return consul_mach_send(m, "GET", NULL, 0, 0);
+}
+
+int64_t consul_sess_lock_delay(consul_mach *m, const consul_resp *rs)
+{
     int64_t ns;
-    cJSON *d;
-    snprintf(path, sizeof path, "/v1/session/info/%s", id);
-    if (consul_att_send(a, "GET", path, NULL, NULL, 0, 0) != CONSUL_OK || consul_att_parse(a) != CONSUL_OK ||
-        !cJSON_IsArray(a->doc.root) || a->doc.root->child == NULL)
-        return -1;
-    d = cJSON_GetObjectItemCaseSensitive(a->doc.root->child, "LockDelay");
-    if (consul_json_i64(&a->doc, d, &ns) != 0)
+    if (rs->code != CONSUL_OK ||
+        consul_json_parse(&m->doc, rs->body, rs->body_len) != 0 || !cJSON_IsArray(m->doc.root) ||
+        m->doc.root->child == NULL ||
+        consul_json_i64(&m->doc, cJSON_GetObjectItemCaseSensitive(m->doc.root->child, "LockDelay"),
+                        &ns) != 0 || ns < 0)
         return -1;
     return ns / 1000000;
-}
-
-
-void consul_att_release(attempt *a)
-{
-    consul_json_free(&a->doc);
-    consul_buf_free(&a->body);
-}
-
-int consul_att_keep_alive(consul_lock *lk, attempt *a, int64_t now, int64_t *next_renew)
-{
-    int rc;
-    if (!lk->own_session || LOAD(&lk->ttl_ms) <= 0 || now < *next_renew)
-        return CONSUL_OK;
-    if ((rc = consul_att_session_renew(lk, a)) != CONSUL_OK)
-        return rc;
-    *next_renew = now + LOAD(&lk->ttl_ms) / 2;
-    return CONSUL_OK;
-}
-
-long consul_att_wait_ms(const consul_lock *lk, int64_t now, int64_t deadline, int64_t next_renew)
-{
-    int64_t left = deadline - now;
-    if (lk->own_session && next_renew - now < left)
-        left = next_renew - now;
-    return (long)(left > CONSUL_MAX_WAIT_MS ? CONSUL_MAX_WAIT_MS : left < 1 ? 1 : left);
 }

@@ -34,12 +34,13 @@ end
 say("demo", "consul module %s, agent at %s, leader %s", consul._VERSION, addr,
   assert(c.status:leader()))
 
--- 1. KV: binary-safe values, 64-bit flags, the record in meta, listing, deleting.
+-- 1. KV: binary-safe values, 64-bit flags, the record, listing, deleting.
 assert(c.kv:put("demo/greeting", "hello\0world", { flags = 42 }))
 local value, err, meta = c.kv:get("demo/greeting")
 assert(value, err)
-say("kv", "get demo/greeting -> %q (flags %d, modify_index %d)", value, meta.flags,
-  meta.modify_index)
+local rec = assert(c.kv:record("demo/greeting"))
+say("kv", "get demo/greeting -> %q (index %d; its record: flags %d, modify_index %d)", value,
+  meta.index, rec.Flags, rec.ModifyIndex)
 assert(c.kv:put("demo/colors/red", "#f00"))
 assert(c.kv:put("demo/colors/green", "#0f0"))
 for k, v in c.kv:pairs("demo/colors/") do

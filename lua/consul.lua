@@ -4,6 +4,9 @@ local core = require("consul.core")
 
 local error, pcall, type = error, pcall, type
 
+-- Argument errors raised by the C core name the user's line: they skip this file's frames.
+core._op.module_source(debug.getinfo(1, "S").source)
+
 local _M = core
 local Client = core.Client   -- the client's method table
 

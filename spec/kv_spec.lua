@@ -93,27 +93,29 @@ describe("consul kv", function()
 
   ---------------------------------------------------------------------------
   describe("get", function()
-    it("returns the value, its record in meta", function()
+    it("returns the value's bytes (read with ?raw) and the key's index; the record's fields are kv:record's", function()
       assert.is_true((c.kv:put(P .. "get/a", "hello")))
       local v, err, meta = c.kv:get(P .. "get/a")
       assert.is_nil(err)
       assert.are.equal("hello", v)
       assert.are.equal(200, meta.status)
-      assert.are.equal(0, meta.flags)
-      assert.are.equal(0, meta.lock_index)
-      assert.is_nil(meta.session)
       assert.is_nil(meta.code)
-      assert.is_number(meta.create_index)
-      assert.is_number(meta.modify_index)
-      assert.is_true(meta.modify_index >= meta.create_index)
-      assert.is_true(meta.index >= meta.modify_index)
       assert.is_true(meta.known_leader)
+      assert.is_number(meta.last_contact)
+      -- ?raw: no record in meta (one call away in kv:record)
+      assert.is_nil(meta.flags)
+      assert.is_nil(meta.session)
+      assert.is_nil(meta.modify_index)
+      local rec = c.kv:record(P .. "get/a")
+      assert.is_true(meta.index >= rec.ModifyIndex)
 
       assert.is_true((c.kv:put(P .. "get/a", "again")))
       local v2, _, meta2 = c.kv:get(P .. "get/a")
       assert.are.equal("again", v2)
-      assert.are.equal(meta.create_index, meta2.create_index)
-      assert.is_true(meta2.modify_index > meta.modify_index)
+      assert.is_true(meta2.index > meta.index)
+      local rec2 = c.kv:record(P .. "get/a")
+      assert.are.equal(rec.CreateIndex, rec2.CreateIndex)
+      assert.is_true(rec2.ModifyIndex > rec.ModifyIndex)
     end)
 
     it("returns \"\" for an empty value (put \"\" and put nil)", function()
@@ -323,28 +325,26 @@ describe("consul kv", function()
 
     it("with cas succeeds with the right ModifyIndex, fails with a stale one", function()
       assert.is_true((c.kv:put(P .. "put/cas", "v1")))
-      local _, _, m1 = c.kv:get(P .. "put/cas")
-      assert.are.equal(true, (c.kv:put(P .. "put/cas", "v2", { cas = m1.modify_index })))
-      local _, _, m2 = c.kv:get(P .. "put/cas")
-      assert.is_true(m2.modify_index > m1.modify_index)
+      local m1 = c.kv:record(P .. "put/cas").ModifyIndex
+      assert.are.equal(true, (c.kv:put(P .. "put/cas", "v2", { cas = m1 })))
+      local m2 = c.kv:record(P .. "put/cas").ModifyIndex
+      assert.is_true(m2 > m1)
       -- m1's index is stale now
-      local ok, err = c.kv:put(P .. "put/cas", "v3", { cas = m1.modify_index })
+      local ok, err = c.kv:put(P .. "put/cas", "v3", { cas = m1 })
       assert.are.equal(false, ok)
       assert.is_nil(err)
       assert.are.equal("v2", raw_value(P .. "put/cas"))
-      assert.are.equal(true, (c.kv:put(P .. "put/cas", "v4", { cas = m2.modify_index })))
+      assert.are.equal(true, (c.kv:put(P .. "put/cas", "v4", { cas = m2 })))
       assert.are.equal("v4", raw_value(P .. "put/cas"))
     end)
 
     it("stores flags", function()
       assert.is_true((c.kv:put(P .. "put/flags", "f", { flags = 42 })))
-      local _, _, meta = c.kv:get(P .. "put/flags")
-      assert.are.equal(42, meta.flags)
+      assert.are.equal(42, c.kv:record(P .. "put/flags").Flags)
       assert.matches('"Flags":%s*42[,}%s]', raw_record_text(P .. "put/flags"))
       -- a put without flags resets them to 0, as Consul does
       assert.is_true((c.kv:put(P .. "put/flags", "f")))
-      _, _, meta = c.kv:get(P .. "put/flags")
-      assert.are.equal(0, meta.flags)
+      assert.are.equal(0, c.kv:record(P .. "put/flags").Flags)
     end)
 
     it("acquires and releases with a session", function()
@@ -358,11 +358,10 @@ describe("consul kv", function()
       local key = P .. "put/lock"
 
       assert.are.equal(true, (c.kv:put(key, "held", { acquire = s1 })))
-      local v, _, meta = c.kv:get(key)
-      assert.are.equal("held", v)
-      assert.are.equal(s1, meta.session)
-      assert.are.equal(1, meta.lock_index)
-      assert.are.equal(s1, c.kv:record(key).Session)
+      local rec = c.kv:record(key)
+      assert.are.equal("held", rec.Value)
+      assert.are.equal(s1, rec.Session)
+      assert.are.equal(1, rec.LockIndex)
       assert.is_truthy(raw_record_text(key):find('"Session": "' .. s1 .. '"', 1, true))
 
       -- another session cannot take it, nor release it
@@ -371,20 +370,19 @@ describe("consul kv", function()
       assert.are.equal("held", raw_value(key))
 
       assert.are.equal(true, (c.kv:put(key, "free", { release = s1 })))
-      v, _, meta = c.kv:get(key)
-      assert.are.equal("free", v)
-      assert.is_nil(meta.session)
-      assert.are.equal(1, meta.lock_index)
+      rec = c.kv:record(key)
+      assert.are.equal("free", rec.Value)
+      assert.is_nil(rec.Session)
+      assert.are.equal(1, rec.LockIndex)
 
       assert.are.equal(true, (c.kv:put(key, "s2", { acquire = s2 })))
-      _, _, meta = c.kv:get(key)
-      assert.are.equal(s2, meta.session)
-      assert.are.equal(2, meta.lock_index)
+      rec = c.kv:record(key)
+      assert.are.equal(s2, rec.Session)
+      assert.are.equal(2, rec.LockIndex)
 
       -- destroying the session releases the key (Behavior "release")
       assert.is_true((c.session:destroy(s2)))
-      _, _, meta = c.kv:get(key)
-      assert.is_nil(meta.session)
+      assert.is_nil(c.kv:record(key).Session)
     end)
   end)
 
@@ -413,14 +411,14 @@ describe("consul kv", function()
 
     it("with cas deletes only at the right ModifyIndex", function()
       assert.is_true((c.kv:put(P .. "del/cas", "x")))
-      local _, _, m = c.kv:get(P .. "del/cas")
+      local m = c.kv:record(P .. "del/cas").ModifyIndex
       assert.is_true((c.kv:put(P .. "del/cas", "y")))
-      local ok, err = c.kv:delete(P .. "del/cas", { cas = m.modify_index })
+      local ok, err = c.kv:delete(P .. "del/cas", { cas = m })
       assert.are.equal(false, ok)
       assert.is_nil(err)
       assert.are.equal("y", raw_value(P .. "del/cas"))
-      _, _, m = c.kv:get(P .. "del/cas")
-      assert.are.equal(true, (c.kv:delete(P .. "del/cas", { cas = m.modify_index })))
+      m = c.kv:record(P .. "del/cas").ModifyIndex
+      assert.are.equal(true, (c.kv:delete(P .. "del/cas", { cas = m })))
       assert.is_nil(raw_value(P .. "del/cas"))
     end)
   end)
@@ -509,11 +507,11 @@ describe("consul kv", function()
 
     it("returns nil, err, meta (409) for a failing txn and applies nothing", function()
       assert.is_true((c.kv:put(P .. "txn/d", "d")))
-      local _, _, m = c.kv:get(P .. "txn/d")
+      local m = c.kv:record(P .. "txn/d").ModifyIndex
       assert.is_true((c.kv:put(P .. "txn/d", "d2")))
       local r, err, meta = c.txn:apply({
         { KV = { Verb = "set", Key = P .. "txn/e", Value = "not applied" } },
-        { KV = { Verb = "check-index", Key = P .. "txn/d", Index = m.modify_index } },
+        { KV = { Verb = "check-index", Key = P .. "txn/d", Index = m } },
       })
       assert.is_nil(r)
       assert.is_string(err)
@@ -705,7 +703,6 @@ c:close()
       assert.is_nil(err)
       assert.are.equal("v1", v)
       assert.is_true(m2.index > m.index)
-      assert.is_true(m2.modify_index > m.modify_index)
       assert.is_true(el < 5, "waited " .. el .. " s")
     end)
 
@@ -913,18 +910,17 @@ c:close()
     end
 
     if not IS_JIT then
-      it("are exact 64-bit integers through put, get, record, list and txn (Lua 5.4)", function()
+      it("are exact 64-bit integers through put, record, list and txn (Lua 5.4)", function()
         for _, case in ipairs(cases) do
           local name, f, hex, digits = case[1], case[2], case[3], case[4]
           local key = P .. "flags/" .. name
           assert.are.equal("integer", math.type(f))
           assert.are.equal(true, (c.kv:put(key, name, { flags = f })), name)
           assert.are.equal(digits, stored_flags(key), name)
-          local _, _, meta = c.kv:get(key)
-          assert.are.equal("integer", math.type(meta.flags))
-          assert.are.equal(f, meta.flags, name)
-          assert.are.equal(hex, string.format("%x", meta.flags), name)
-          assert.are.equal(f, c.kv:record(key).Flags, name)
+          local flags = c.kv:record(key).Flags
+          assert.are.equal("integer", math.type(flags))
+          assert.are.equal(f, flags, name)
+          assert.are.equal(hex, string.format("%x", flags), name)
           assert.are.equal(f, c.kv:list(key)[1].Flags, name)
           -- txn: encoded as uint64 on the way in, exact on the way out
           local tkey = P .. "flags-txn/" .. name
@@ -944,18 +940,19 @@ c:close()
         local key = P .. "flags-wire/" .. name
         assert.are.equal(200, (raw("PUT", "/v1/kv/" .. key .. "?flags=" .. digits, name)))
         assert.are.equal(digits, stored_flags(key))
-        local v, err, meta = c.kv:get(key)
+        local v, err = c.kv:get(key)
         assert.is_nil(err)
         assert.are.equal(name, v)
-        assert.is_number(meta.flags)
-        assert.are.equal(meta.flags, c.kv:record(key).Flags)
+        local flags = c.kv:record(key).Flags
+        assert.is_number(flags)
+        assert.are.equal(flags, c.kv:list(key)[1].Flags)
         if not IS_JIT then
-          assert.are.equal(f, meta.flags)
-          assert.are.equal(hex, string.format("%x", meta.flags))
+          assert.are.equal(f, flags)
+          assert.are.equal(hex, string.format("%x", flags))
         else
           -- LuaJIT numbers are doubles: 64-bit flags are not exact here.
           note("LuaJIT: stored Flags %s (0x%s) read back as %.17g; the literal is %.17g",
-            digits, hex, meta.flags, f)
+            digits, hex, flags, f)
           local ok, perr = pcall(c.kv.put, c.kv, key, name, { flags = f })
           if ok then
             note("LuaJIT: put flags=%.17g stored %s", f, tostring(stored_flags(key)))
@@ -968,8 +965,7 @@ c:close()
             -- a double below 2^63 is an integer Consul can hold: that one must be exact
             assert.is_true(ok)
             assert.are.equal(string.format("%.0f", f), stored_flags(key))
-            local _, _, m2 = c.kv:get(key)
-            assert.are.equal(f, m2.flags)
+            assert.are.equal(f, c.kv:record(key).Flags)
           end
         end
       end
@@ -1017,9 +1013,9 @@ c:close()
     end)
 
     it("an option of the wrong type", function()
-      raises_at_caller(function() c.kv:put(P .. "bad/k", "v", { cas = "one" }) end, "option 'cas' must be an integer")
+      raises_at_caller(function() c.kv:put(P .. "bad/k", "v", { cas = "one" }) end, "option 'cas' must be a non-negative integer")
       raises_at_caller(function() c.kv:put(P .. "bad/k", "v", { flags = 1.5 }) end, "option 'flags' must be an integer")
-      raises_at_caller(function() c.kv:get(P .. "bad/k", { index = "x" }) end, "option 'index' must be an integer")
+      raises_at_caller(function() c.kv:get(P .. "bad/k", { index = "x" }) end, "option 'index' must be a non-negative integer")
       raises_at_caller(function() c.kv:get(P .. "bad/k", { wait = "soon" }) end, "option 'wait'")
       raises_at_caller(function() c.kv:get(P .. "bad/k", { stale = "yes" }) end, "option 'stale' must be a boolean")
       raises_at_caller(function() c.kv:delete(P .. "bad/k", { recurse = 1 }) end, "option 'recurse' must be a boolean")

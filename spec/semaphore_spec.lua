@@ -97,6 +97,7 @@ describe("consul semaphores", function()
   local function raw_session(id) return sessions.raw(A, id) end
 
   local function sessions_named(name) return sessions.named(c, name) end
+  local function sessions_left(name) return sessions.left(c, name) end
 
   local function session_ids() return sessions.ids(c) end
 
@@ -255,7 +256,7 @@ describe("consul semaphores", function()
           "wait = 1 took " .. elapsed .. " s")
 
         -- a failed attempt leaves neither its session nor its contender key behind
-        assert.are.equal(0, sessions_named("spec sem third"))
+        assert.are.equal(0, sessions_left("spec sem third"))
         assert_no_new_session(before)
         assert.are.same(sorted({ prefix .. "/.lock", prefix .. "/" .. s1.session,
           prefix .. "/" .. s2.session }), keys_under(prefix))
@@ -440,7 +441,7 @@ describe("consul semaphores", function()
         assert.are.equal("conflict", meta.code)
         assert.is_nil(meta.status)
         assert.is_true(now() - t0 < slack(1, 4), "took " .. (now() - t0) .. " s")
-        assert.are.equal(0, sessions_named("spec sem limit3"))
+        assert.are.equal(0, sessions_left("spec sem limit3"))
         assert.are.same(sorted({ prefix .. "/.lock", prefix .. "/" .. s1.session }),
           keys_under(prefix))
         assert_layout(prefix, 2, { s1.session })
@@ -477,7 +478,7 @@ describe("consul semaphores", function()
       assert.are.equal("conflict", meta.code)
       assert.are.equal("plain", (c.kv:get(prefix2 .. "/.lock")))
       assert.are.same({ prefix2 .. "/.lock" }, keys_under(prefix2))
-      assert.are.equal(0, sessions_named("spec sem notsem"))
+      assert.are.equal(0, sessions_left("spec sem notsem"))
     end)
   end)
 
@@ -831,9 +832,9 @@ describe("consul semaphores", function()
       local ok, err = pcall(function() return c:semaphore(base .. "/x", 1, { wait = 0 }) end)
       assert.is_false(ok)
       assert.matches("key too long", tostring(err))
-      local v, _, m = c.kv:get(victim)
-      assert.are.equal("precious", v)
-      assert.are.equal(7, m.flags)
+      local rec = c.kv:record(victim)
+      assert.are.equal("precious", rec.Value)
+      assert.are.equal(7, rec.Flags)
       assert(c.kv:delete(victim))
     end)
 

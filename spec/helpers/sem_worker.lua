@@ -44,10 +44,10 @@ local c = consul.new({ addr = addr })
 -- adds d to the integer in key by check-and-set, retried; returns the value set
 local function cas_add(key, d)
   for _ = 1, 1000 do
-    local v, err, meta = c.kv:get(key)
-    if err then error("get " .. key .. ": " .. tostring(err)) end
-    local new = tonumber(v or "0") + d
-    local ok, perr = c.kv:put(key, tostring(new), { cas = v and meta.modify_index or 0 })
+    local rec, err = c.kv:record(key)
+    if err then error("record " .. key .. ": " .. tostring(err)) end
+    local new = tonumber(rec and rec.Value or "0") + d
+    local ok, perr = c.kv:put(key, tostring(new), { cas = rec and rec.ModifyIndex or 0 })
     if perr then error("put " .. key .. ": " .. tostring(perr)) end
     if ok then return new end
   end

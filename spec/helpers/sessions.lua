@@ -2,6 +2,7 @@
 local agent = require("spec.helpers.agent")
 local json = require("dkjson")
 local luassert = require("luassert")
+local system = require("system")
 
 local M = {}
 
@@ -22,6 +23,15 @@ function M.named(c, name)
   return n
 end
 
+-- How many sessions named `name` are left once the renewer's clean-up had its time: a
+-- failed attempt hands its session to the background (the caller never waits for that), so
+-- this polls up to `timeout` seconds (default 3) for none to be left.
+function M.left(c, name, timeout)
+  local deadline = system.monotime() + (timeout or 3)
+  while M.named(c, name) > 0 and system.monotime() < deadline do system.sleep(0.02) end
+  return M.named(c, name)
+end
+
 -- The IDs of all sessions, to their names. (A count alone is no measure: sessions of earlier
 -- tests, such as a killed holder's, may end meanwhile.)
 function M.ids(c)
@@ -30,9 +40,17 @@ function M.ids(c)
   return ids
 end
 
--- Fails naming every session that is not in `before` (an ids() table).
+-- Fails naming every session that is not in `before` (an ids() table), once the
+-- background clean-up had up to 3 s.
 function M.assert_no_new(c, before)
   local new = {}
+  local deadline = system.monotime() + 3
+  local function count()
+    local n = 0
+    for id in pairs(M.ids(c)) do if not before[id] then n = n + 1 end end
+    return n
+  end
+  while count() > 0 and system.monotime() < deadline do system.sleep(0.02) end
   for id, name in pairs(M.ids(c)) do
     if not before[id] then new[#new + 1] = id .. " (" .. name .. ")" end
   end
