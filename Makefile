@@ -4,12 +4,14 @@
 #   make demo       the example against a throwaway agent
 #   make bench      throughput against a raw libcurl loop
 #   make valgrind   the suite under valgrind;  make asan: the suite with ASan/UBSan
+#   make fuzz       each libFuzzer target (fuzz/) for FUZZ_SECONDS (60) under ASan/UBSan
 #   make install    luarocks make (the rockspec)
 
 SHELL    := /bin/bash
 
 DEB_PKGS  = gcc make pkg-config lua5.4 liblua5.4-dev lua-busted libcurl4-openssl-dev \
-            libcjson-dev luarocks luajit2 libluajit2-5.1-dev valgrind curl openssl ca-certificates
+            libcjson-dev luarocks luajit2 libluajit2-5.1-dev valgrind curl openssl ca-certificates \
+            clang libclang-rt-14-dev
 CC       ?= gcc
 WARN      = -std=c99 -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             -Wwrite-strings -Werror -Werror=implicit-function-declaration
@@ -24,7 +26,7 @@ BUSTED_LUA = /usr/bin/busted --output=utfTerminal --helper=spec/helpers/progress
 LUA54_INC  = -I/usr/include/lua5.4
 LUAJIT_INC = -I/usr/include/luajit-2.1
 
-.PHONY: all deps consul test test-54 test-jit demo bench valgrind asan install clean readme check-readme
+.PHONY: all deps consul test test-54 test-jit demo bench valgrind asan fuzz fuzz-build install clean readme check-readme
 
 all: deps build/5.4/consul/core.so build/jit/consul/core.so
 
@@ -104,6 +106,33 @@ asan: deps consul
 	  CONSUL_TEST_ASAN=1 ASAN_OPTIONS=detect_leaks=1:exitcode=98 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  build/asan/lua $(BUSTED_LUA) spec
+
+# libFuzzer targets (fuzz/*.c) over the C core, with ASan/UBSan: each runs FUZZ_SECONDS from
+# the seed corpus of real Consul answers (fuzz/corpus/NAME) and its own working corpus
+# (build/fuzz/NAME); any finding (a crash, a leak, undefined behaviour) fails the target.
+FUZZ_TARGETS = json wire answer stream machine
+FUZZ_SECONDS ?= 60
+FUZZ_CC = clang
+FUZZ_FLAGS = -std=c99 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+             -fno-sanitize-recover=undefined -Wall -Wextra -Werror $(LUA54_INC) $(LIBS_CFLAGS)
+
+fuzz-build: deps
+	@mkdir -p build/fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  $(FUZZ_CC) $(FUZZ_FLAGS) -o build/fuzz/fuzz_$$t fuzz/fuzz_$$t.c $(SRC) -llua5.4 $(LIBS_LDFLAGS) || exit 1; \
+	done
+
+fuzz: fuzz-build
+	@fail=0; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/$$t; echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  if (cd build/fuzz && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	      ./fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+	      -artifact_prefix=$$t- $$t ../../fuzz/corpus/$$t >$$t.log 2>&1); then \
+	    echo "fuzz: $$t: no finding ($$(grep -o 'stat::number_of_executed_units: [0-9]*' build/fuzz/$$t.log | grep -o '[0-9]*$$') runs)"; \
+	  else \
+	    echo "fuzz: $$t: FINDING"; tail -n 60 build/fuzz/$$t.log; fail=1; \
+	  fi; \
+	done; exit $$fail
 
 install: deps
 	luarocks --lua-version=5.4 make rockspec/consul-scm-1.rockspec

@@ -1,7 +1,7 @@
 /*
  * buf.c: growable byte buffers and the byte-level encodings the wire needs: percent-escaping
- * of path segments and query values, base64 for KV values inside JSON, Go durations.
- * Knows nothing of Lua or libcurl. Everything that goes out is escaped here, for where it goes,
+ * of path segments and query values, JSON strings, base64 for KV values inside JSON, Go
+ * durations, printable keys for messages, a stream's lines. Knows nothing of Lua or libcurl. Everything that goes out is escaped here, for where it goes,
  * whoever it came from (the caller, or the server: a session ID, a semaphore's holders).
  */
 #include "consul.h"
@@ -27,6 +27,7 @@ int consul_buf_reserve(consul_buf *b, size_t extra)
     p = realloc(b->data, cap);
     if (p == NULL)
         return -1;
+    p[b->len] = '\0';  /* NUL-terminated whenever non-NULL, even when empty */
     b->data = p;
     b->cap = cap;
     return 0;
@@ -284,6 +285,46 @@ long consul_base64_decode_inplace(char *s, size_t n)
         o[3] = b64chars[v & 63];
     }
     return -1;
+}
+
+int consul_lines_add(consul_lines *l, const char *p, size_t n)
+{
+    if (l->pos > 0 && l->pos == l->buf.len) {
+        consul_buf_reset(&l->buf);  /* all read: start the buffer over */
+        l->pos = 0;
+    }
+    if (n > l->max || l->buf.len - l->pos > l->max - n)
+        return -1;
+    if (l->pos > l->buf.len / 2 && l->pos > 4096) {
+        /* keep what is unread at the front, so the buffer does not creep */
+        memmove(l->buf.data, l->buf.data + l->pos, l->buf.len - l->pos);
+        l->buf.len -= l->pos;
+        l->buf.data[l->buf.len] = '\0';
+        l->pos = 0;
+    }
+    return consul_buf_add(&l->buf, p, n);
+}
+
+int consul_lines_next(consul_lines *l, int partial, const char **line, size_t *len)
+{
+    const char *start = l->buf.data != NULL ? l->buf.data + l->pos : NULL;
+    size_t avail = l->buf.len - l->pos, n;
+    const char *nl = avail ? memchr(start, '\n', avail) : NULL;
+    if (nl == NULL && !(partial && avail > 0))
+        return 0;
+    n = nl != NULL ? (size_t)(nl - start) : avail;
+    l->pos += n + (nl != NULL);
+    if (n > 0 && start[n - 1] == '\r')
+        n--;
+    *line = start;
+    *len = n;
+    return 1;
+}
+
+void consul_lines_free(consul_lines *l)
+{
+    consul_buf_free(&l->buf);
+    l->pos = 0;
 }
 
 int64_t consul_duration_ms(const char *s)

@@ -81,6 +81,18 @@ int consul_buf_add_base64(consul_buf *b, const unsigned char *p, size_t n);
 /* Decodes s in place in one pass: the length, or -1 with s as it was when it is not base64. */
 long consul_base64_decode_inplace(char *s, size_t n);
 
+/* Bytes of a stream cut into lines: held up to max unread bytes. */
+typedef struct consul_lines {
+    consul_buf buf;
+    size_t pos;   /* first unread byte */
+    size_t max;
+} consul_lines;
+/* 0 ok, -1 over max (or out of memory): nothing added */
+int consul_lines_add(consul_lines *l, const char *p, size_t n);
+/* The next line (without its CR LF), or with partial the rest; 1 found, 0 none */
+int consul_lines_next(consul_lines *l, int partial, const char **line, size_t *len);
+void consul_lines_free(consul_lines *l);
+
 /* Go duration ("15s", "1m30s", "250ms") to milliseconds; -1 when malformed. */
 int64_t consul_duration_ms(const char *s);
 int64_t consul_now_ms(void);  /* CLOCK_MONOTONIC */

@@ -26,9 +26,7 @@ typedef struct stream {
     consul_resp rs;
     consul_buf out;     /* a refusal's body */
     char *path, *query, *token;
-    consul_buf lines;   /* received, not yet read */
-    size_t pos;         /* first unread byte of lines */
-    size_t max;         /* of unread bytes */
+    consul_lines lines; /* received, not yet read */
     long timeout_ms;    /* the client's */
     int running, done, overflow;
 } stream;
@@ -36,15 +34,11 @@ typedef struct stream {
 static int stream_sink(void *ud, const char *p, size_t n)
 {
     stream *s = ud;
-    if (s->pos > 0 && s->pos == s->lines.len) {
-        consul_buf_reset(&s->lines);
-        s->pos = 0;
-    }
-    if (n > s->max || s->lines.len - s->pos > s->max - n) {
+    if (consul_lines_add(&s->lines, p, n) != 0) {
         s->overflow = 1;  /* nobody reads: stop rather than hold without bound */
         return 1;
     }
-    return consul_buf_add(&s->lines, p, n);
+    return 0;
 }
 
 static void stream_release(stream *s)
@@ -58,9 +52,8 @@ static void stream_release(stream *s)
         curl_multi_cleanup(s->multi);
         s->multi = NULL;
     }
-    consul_buf_free(&s->lines);
+    consul_lines_free(&s->lines);
     consul_buf_free(&s->out);
-    s->pos = 0;
     free(s->path);
     free(s->query);
     if (s->token != NULL) {
@@ -76,16 +69,11 @@ static void stream_release(stream *s)
 /* Pushes the next complete line, if one is buffered. */
 static int pop_line(lua_State *L, stream *s, int partial)
 {
-    const char *start = s->lines.data + s->pos;
-    size_t avail = s->lines.len - s->pos, n;
-    const char *nl = avail ? memchr(start, '\n', avail) : NULL;
-    if (nl == NULL && !(partial && avail > 0))
+    const char *line;
+    size_t n;
+    if (!consul_lines_next(&s->lines, partial, &line, &n))
         return 0;
-    n = nl != NULL ? (size_t)(nl - start) : avail;
-    s->pos += n + (nl != NULL);
-    if (n > 0 && start[n - 1] == '\r')
-        n--;
-    lua_pushlstring(L, start, n);
+    lua_pushlstring(L, line, n);
     return 1;
 }
 
@@ -116,7 +104,7 @@ static int read_line(lua_State *L, stream *s, int64_t timeout_ms)
                 consul_resp t;
                 consul_resp_reset(&t);
                 consul_resp_fail(&t, CONSUL_EDECODE, "over %zu bytes of lines unread "
-                                                      "(max_answer)", s->max);
+                                                      "(max_answer)", s->lines.max);
                 consul_format_failure(msg, sizeof msg, "GET", s->path, &t);
                 s->overflow = 0;
                 s->done = 1;
@@ -227,7 +215,7 @@ static int agent_monitor(lua_State *L)
     s->path = dup_str("/v1/agent/monitor");
     s->query = dup_str(op->m.query.data != NULL ? op->m.query.data : "");
     s->token = op->m.token != NULL ? dup_str(op->m.token) : NULL;
-    s->max = c->conf->max_answer;
+    s->lines.max = c->conf->max_answer;
     s->timeout_ms = c->conf->timeout_ms;
     if (s->path == NULL || s->query == NULL || (op->m.token != NULL && s->token == NULL) ||
         consul_http_init(&s->http, c->conf) != 0 || (s->multi = curl_multi_init()) == NULL)
