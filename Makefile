@@ -83,7 +83,7 @@ bench: all consul
 	@mkdir -p build/bench
 	$(CC) -std=c99 -O2 -Wall -Wextra -o build/rawbench bench/rawbench.c $(LIBS_CFLAGS) $(LIBS_LDFLAGS)
 	$(CC) -std=c99 -O2 -Wall -Wextra -fPIC -shared $(LUA54_INC) -o build/bench/benchutil.so bench/benchutil.c
-	scripts/with-agent.sh env $(PATHS54) lua5.4 bench/bench.lua build/rawbench
+	CONSUL_TEST_KV_MAX=2097152 scripts/with-agent.sh env $(PATHS54) lua5.4 bench/bench.lua build/rawbench
 
 # The whole suite under valgrind: no leaks, no errors. lua5.4 runs busted directly (busted's
 # --lua would re-exec it outside valgrind); the processes specs spawn are not traced.

@@ -6,12 +6,15 @@
  *   u.now()      --> seconds, CLOCK_MONOTONIC (system-wide: comparable across processes)
  *   u.rusage()   --> user, sys: seconds of CPU of this process, getrusage(RUSAGE_SELF)
  *   u.sleep(s)   sleeps s seconds (nanosleep)
+ *   u.maxrss()   --> this process's peak resident memory, kB (ru_maxrss)
+ *   u.clk_tck()  --> clock ticks per second (for /proc/PID/stat)
  *
  * Built by `make bench` into build/bench/benchutil.so (Lua 5.4).
  */
 #define _POSIX_C_SOURCE 200809L
 
 #include <time.h>
+#include <unistd.h>
 #include <sys/resource.h>
 #include <sys/time.h>
 
@@ -37,6 +40,20 @@ static int l_rusage(lua_State *L)
     return 2;
 }
 
+static int l_maxrss(lua_State *L)
+{
+    struct rusage r;
+    getrusage(RUSAGE_SELF, &r);
+    lua_pushinteger(L, (lua_Integer)r.ru_maxrss);  /* kB */
+    return 1;
+}
+
+static int l_clk_tck(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)sysconf(_SC_CLK_TCK));
+    return 1;
+}
+
 static int l_sleep(lua_State *L)
 {
     lua_Number s = luaL_checknumber(L, 1);
@@ -56,6 +73,8 @@ int luaopen_benchutil(lua_State *L)
         { "now", l_now },
         { "rusage", l_rusage },
         { "sleep", l_sleep },
+        { "maxrss", l_maxrss },
+        { "clk_tck", l_clk_tck },
         { NULL, NULL }
     };
     luaL_newlib(L, fns);

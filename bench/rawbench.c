@@ -1,7 +1,7 @@
 /*
- * rawbench.c: the baseline of `make bench`. A plain libcurl loop that sends the same HTTP
- * requests as the consul module (same method, path, query, body and headers), so the module
- * can be compared with the least a C client must do.
+ * rawbench.c: the baseline of `make bench`: the least a C client can do for each job. One
+ * reused libcurl easy handle (one kept-alive connection), the requests a job needs and no
+ * more, JSON parsed (cJSON) only where the job's answer is JSON.
  *
  *   build/rawbench ADDR WORKLOAD N [EXTRA]
  *
@@ -9,29 +9,26 @@
  * N the number of timed operations. Every workload first runs a few untimed operations (the
  * connection is made, caches are warm), then times N operations, and prints one line:
  *
- *   ops=N secs=WALL cpu=USER+SYS user=USER sys=SYS rss_kb=VMRSS requests=REQUESTS
+ *   ops=N secs=WALL cpu=USER+SYS user=USER sys=SYS rss_kb=VMRSS maxrss_kb=PEAK
+ *   agent_cpu=SECS requests=REQUESTS
  *
- * WALL is CLOCK_MONOTONIC and USER/SYS are getrusage(RUSAGE_SELF) around the timed loop only.
- * Exit status is non-zero (with a message on stderr) when any request fails.
+ * WALL is CLOCK_MONOTONIC and USER/SYS are getrusage(RUSAGE_SELF) around the timed loop only;
+ * PEAK is the process's peak resident memory (ru_maxrss); agent_cpu the agent's CPU over the
+ * timed loop (/proc/$CONSUL_TEST_PID/stat; -1 when unknown). Exit status is non-zero (with a
+ * message on stderr) when any request fails.
  *
- * The handle is set up as the module sets up its own (http.c): one reused easy handle,
- * CURLOPT_NOSIGNAL, TCP_NODELAY and TCP_KEEPALIVE, no Accept-Encoding (no compression),
- * the "Expect:" header removed, and "Content-Type: application/octet-stream" on bodies.
- * A PUT goes out with CUSTOMREQUEST "PUT" and POSTFIELDS, as the module does.
+ * The handle: CURLOPT_NOSIGNAL, TCP_NODELAY and TCP_KEEPALIVE, no Accept-Encoding (no
+ * compression), the "Expect:" header removed (no 100-continue round trip). A PUT goes out
+ * with CUSTOMREQUEST "PUT" and POSTFIELDS (the caller's bytes, not copied).
  *
- * Answers: "get" and "list" parse the JSON answer with cJSON and base64-decode every "Value"
- * (the least a client must do to hand a value over); "get-recv" and "list-recv" only receive
- * the whole body (the bare-HTTP floor).
- *
- * Keys (shared with bench.lua): bench/put/<i mod 1000>, bench/list/<0000..0999>, bench/lock.
- *
- * Locks: "lock" sends exactly the 5 requests of the module's c:lock(key) + lock:release()
- * (csrc/lock.c, csrc/session.c): PUT /v1/session/create, GET /v1/kv/<key> (the read before
- * acquiring: 404, or the record, whose Flags and Session are checked), PUT /v1/txn (Verb "lock",
- * the lock flags; Results[0].KV.ModifyIndex is the fence), PUT ?release=<id>&flags=<flags>,
- * PUT /v1/session/destroy/<id>; bodies with "Content-Type: application/json" as the module
- * sends them. "lock4" is the issue's 4-request loop: session create, PUT ?acquire=<id>&flags=,
- * PUT ?release=<id>&flags=, session destroy (no read, no transaction).
+ * Jobs: "put" PUT /v1/kv/bench/put/<i mod 1000> (a 100-byte value; answer "true"); "get"
+ * GET /v1/kv/bench/list/<i mod 1000>?raw (the value's bytes, nothing to decode); "list" GET
+ * ?recurse of 1,000 keys, parsed with cJSON and every Value base64-decoded (the least to hand
+ * records over); "session" create ({"TTL":"15s"}, ID parsed) + destroy; "lock" the least lock
+ * cycle, 4 requests: session create, PUT ?acquire=<id>&flags=, PUT ?release=<id>&flags=,
+ * session destroy; "lock-go" (information) the 5 requests of Consul's Go algorithm (create, read
+ * the key, the "lock" transaction, release, destroy); "big-putget" PUT then GET ?raw of a
+ * 1 MiB value (bench/big); "big-get" the GET alone.
  *
  * "handover" (build/rawbench ADDR handover ROUNDS) is not an ops/s workload: it forks a second
  * process and hands bench/handover/lock back and forth ROUNDS times, as bench.lua's module
@@ -54,6 +51,7 @@
 
 #define NKEYS 1000
 #define VALUE_LEN 100
+#define BIG_LEN (1 << 20)
 
 /* ---- the connection ------------------------------------------------------- */
 
@@ -72,6 +70,7 @@ typedef struct bench {
     char errbuf[CURL_ERROR_SIZE];
     body resp;
     char value[VALUE_LEN];
+    char *big;                    /* BIG_LEN bytes */
     long expect;                  /* list: the number of records expected */
     long requests;                /* requests sent */
 } bench;
@@ -218,23 +217,43 @@ static long decode_records(bench *b)
 
 static char keys[NKEYS][32], putkeys[NKEYS][32];
 
+static void expect_true(bench *b)
+{
+    if (b->resp.len < 4 || memcmp(b->resp.data, "true", 4) != 0)
+        die(b->url, "did not answer true");
+}
+
 static void op_put(bench *b, long i)
 {
-    perform(b, "PUT", putkeys[i % NKEYS], NULL, b->value, VALUE_LEN);
-    if (b->resp.len < 4 || memcmp(b->resp.data, "true", 4) != 0)
-        die(b->url, "PUT did not answer true");
+    expect_200(b, send_req(b, "PUT", putkeys[i % NKEYS], NULL, b->value, VALUE_LEN, b->hdr_get));
+    expect_true(b);
 }
 
 static void op_get(bench *b, long i)
 {
-    perform(b, "GET", keys[i % NKEYS], NULL, NULL, 0);
-    if (decode_records(b) != 1)
-        die(b->url, "expected one record");
+    perform(b, "GET", keys[i % NKEYS], "raw", NULL, 0);
+    if (b->resp.len != VALUE_LEN)
+        die(b->url, "not the 100-byte value");
 }
 
-static void op_get_recv(bench *b, long i)
+static void op_big_put(bench *b)
 {
-    perform(b, "GET", keys[i % NKEYS], NULL, NULL, 0);
+    expect_200(b, send_req(b, "PUT", "/v1/kv/bench/big", NULL, b->big, BIG_LEN, b->hdr_get));
+    expect_true(b);
+}
+
+static void op_big_get(bench *b, long i)
+{
+    (void)i;
+    perform(b, "GET", "/v1/kv/bench/big", "raw", NULL, 0);
+    if (b->resp.len != BIG_LEN)
+        die(b->url, "not the 1 MiB value");
+}
+
+static void op_big_putget(bench *b, long i)
+{
+    op_big_put(b);
+    op_big_get(b, i);
 }
 
 static void op_list(bench *b, long i)
@@ -247,11 +266,6 @@ static void op_list(bench *b, long i)
         die(b->url, "wrong number of records");
 }
 
-static void op_list_recv(bench *b, long i)
-{
-    (void)i;
-    perform(b, "GET", "/v1/kv/bench/list/", "recurse", NULL, 0);
-}
 
 /* ---- locks ----------------------------------------------------------------------- */
 
@@ -338,8 +352,8 @@ static void lock_release(bench *b, const char *path, const char *id)
         die(b->url, "release did not answer true");
 }
 
-/* The module's c:lock(key) + lock:release(): 5 requests. */
-static void op_lock(bench *b, long i)
+/* Consul's Go algorithm (and the module's first acquire of a key): 5 requests. */
+static void op_lock_go(bench *b, long i)
 {
     char id[64];
     (void)i;
@@ -352,8 +366,23 @@ static void op_lock(bench *b, long i)
     session_destroy(b, id);
 }
 
-/* The 4-request loop: create, ?acquire=, ?release=, destroy. */
-static void op_lock4(bench *b, long i)
+/* A session made and ended: create (the least body) and destroy. */
+static void op_session(bench *b, long i)
+{
+    static const char def[] = "{\"TTL\":\"15s\"}";
+    cJSON *root, *v;
+    (void)i;
+    perform_json(b, "PUT", "/v1/session/create", NULL, def, sizeof def - 1);
+    root = cJSON_ParseWithLength(b->resp.data, b->resp.len);
+    v = cJSON_GetObjectItemCaseSensitive(root, "ID");
+    if (!cJSON_IsString(v))
+        die(b->url, "no session ID in answer");
+    session_destroy(b, v->valuestring);
+    cJSON_Delete(root);
+}
+
+/* The least lock cycle, 4 requests: create, ?acquire=, ?release=, destroy. */
+static void op_lock(bench *b, long i)
 {
     char id[64], query[128];
     (void)i;
@@ -380,11 +409,12 @@ typedef struct workload {
 static const workload workloads[] = {
     { "put", op_put, 50 },
     { "get", op_get, 50 },
-    { "get-recv", op_get_recv, 50 },
     { "list", op_list, 3 },
-    { "list-recv", op_list_recv, 3 },
+    { "session", op_session, 10 },
     { "lock", op_lock, 10 },
-    { "lock4", op_lock4, 10 },
+    { "lock-go", op_lock_go, 10 },
+    { "big-putget", op_big_putget, 3 },
+    { "big-get", op_big_get, 3 },
     { NULL, NULL, 0 }
 };
 
@@ -414,6 +444,29 @@ static long rss_kb(void)
             kb = strtol(line + 6, NULL, 10);
     fclose(f);
     return kb;
+}
+
+/* The agent's CPU seconds so far (user + sys, from /proc/PID/stat), or -1. */
+static double agent_cpu(void)
+{
+    const char *pid = getenv("CONSUL_TEST_PID");
+    char path[64], buf[1024], *p;
+    unsigned long ut, st;
+    size_t n;
+    FILE *f;
+    if (pid == NULL || *pid == '\0')
+        return -1;
+    snprintf(path, sizeof path, "/proc/%s/stat", pid);
+    if ((f = fopen(path, "r")) == NULL)
+        return -1;
+    n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* fields after the command's ")": state is field 3; utime and stime are 14 and 15 */
+    if ((p = strrchr(buf, ')')) == NULL ||
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
 /* The handle, set up as the module sets up its own. */
@@ -644,6 +697,7 @@ int main(int argc, char **argv)
     bench b;
     const workload *w;
     struct rusage r0, r1;
+    double agent0, agent1;
     double t0, t1, user, sys;
     long n, i, req0;
 
@@ -673,6 +727,10 @@ int main(int argc, char **argv)
     memset(&b, 0, sizeof b);
     b.expect = argc == 5 ? strtol(argv[4], NULL, 10) : 0;
     memset(b.value, 'v', VALUE_LEN);
+    if ((b.big = malloc(BIG_LEN)) == NULL)
+        die("rawbench", "out of memory");
+    for (i = 0; i < BIG_LEN; i++)
+        b.big[i] = (char)(i * 7 + (i >> 10));  /* any bytes: NULs, invalid UTF-8 */
     for (i = 0; i < NKEYS; i++) {
         snprintf(keys[i], sizeof keys[i], "/v1/kv/bench/list/%04ld", i);
         snprintf(putkeys[i], sizeof putkeys[i], "/v1/kv/bench/put/%ld", i);
@@ -683,6 +741,7 @@ int main(int argc, char **argv)
     for (i = 0; i < w->warmup; i++)
         w->op(&b, i);
 
+    agent0 = agent_cpu();
     getrusage(RUSAGE_SELF, &r0);
     req0 = b.requests;
     t0 = now();
@@ -690,11 +749,15 @@ int main(int argc, char **argv)
         w->op(&b, i);
     t1 = now();
     getrusage(RUSAGE_SELF, &r1);
+    agent1 = agent_cpu();
 
     user = tv(r1.ru_utime) - tv(r0.ru_utime);
     sys = tv(r1.ru_stime) - tv(r0.ru_stime);
-    printf("ops=%ld secs=%.6f cpu=%.6f user=%.6f sys=%.6f rss_kb=%ld requests=%ld\n", n, t1 - t0,
-           user + sys, user, sys, rss_kb(), b.requests - req0);
+    printf("ops=%ld secs=%.6f cpu=%.6f user=%.6f sys=%.6f rss_kb=%ld maxrss_kb=%ld "
+           "agent_cpu=%.6f requests=%ld\n", n, t1 - t0, user + sys, user, sys, rss_kb(),
+           r1.ru_maxrss, agent0 >= 0 && agent1 >= 0 ? agent1 - agent0 : -1.0,
+           b.requests - req0);
+    free(b.big);
 
     teardown(&b);
     curl_global_cleanup();

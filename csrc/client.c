@@ -628,7 +628,13 @@ static int client_request(lua_State *L)
 /* __index(c, key): a method, else a group object made once per client. */
 static int client_index(lua_State *L)
 {
-    luaL_checkudata(L, 1, CONSUL_CLIENT_MT);
+    luaL_checkudata(L, 1, CONSUL_CLIENT_MT);       /* (a metamethod can be called by hand) */
+    consul_getuservalue(L, 1);                     /* cache */
+    lua_pushvalue(L, 2);
+    lua_rawget(L, -2);                             /* cache, obj? : the group made before */
+    if (!lua_isnil(L, -1))
+        return 1;
+    lua_pop(L, 1);
     lua_pushvalue(L, 2);
     lua_rawget(L, lua_upvalueindex(1));            /* methods[key] */
     if (!lua_isnil(L, -1))
@@ -637,15 +643,10 @@ static int client_index(lua_State *L)
     if (lua_type(L, 2) != LUA_TSTRING)
         return 0;
     lua_pushvalue(L, 2);
-    lua_rawget(L, lua_upvalueindex(2));            /* groups[key]: the group's metatable */
+    lua_rawget(L, lua_upvalueindex(2));            /* cache, groups[key]: its metatable */
     if (lua_isnil(L, -1))
         return 1;
-    consul_getuservalue(L, 1);                     /* mt, cache */
-    lua_pushvalue(L, 2);
-    lua_rawget(L, -2);                             /* mt, cache, obj? */
-    if (!lua_isnil(L, -1))
-        return 1;
-    lua_pop(L, 1);
+    lua_insert(L, -2);                             /* mt, cache */
     lua_createtable(L, 1, 0);                      /* mt, cache, obj */
     lua_pushvalue(L, 1);
     lua_rawseti(L, -2, 1);                         /* obj[1] = client */

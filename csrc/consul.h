@@ -139,9 +139,19 @@ typedef struct consul_conf {
     int verify;
     char *ca_file, *ca_path, *cert_file, *key_file;
     char *connect_to;       /* "name:port:host:port" for tls_server_name, else NULL */
+    /* The lock keys this conf's locks released last, with the ModifyIndex they left them at:
+     * taking one again checks that index in the same transaction (lock.c). Mutable, so under
+     * its own mutex (the renewer releases too). */
+    pthread_mutex_t kmu;
+    struct { char *path; uint64_t index; } kcache[16];
+    unsigned knext;
 } consul_conf;
 
 consul_conf *consul_conf_new(void);
+/* The index a lock key was left at by our last release of it: 1 known (in *index), 0 not. */
+int consul_conf_key_get(consul_conf *cf, const char *path, uint64_t *index);
+void consul_conf_key_put(consul_conf *cf, const char *path, uint64_t index);
+void consul_conf_key_drop(consul_conf *cf, const char *path);
 consul_conf *consul_conf_retain(consul_conf *cf);
 void consul_conf_release(consul_conf *cf);
 
@@ -201,17 +211,19 @@ typedef struct consul_http {
     CURL *easy;
     consul_conf *conf;
     consul_buf url;
-    struct curl_slist *slist;   /* per-request headers */
+    struct curl_slist *slist;   /* a request's own headers (a token, extra headers) */
+    struct curl_slist *base, *json;  /* the usual ones, made once: Expect:, the conf's token;
+                                      * and those with Content-Type: application/json */
     struct curl_slist *connect_to;
     const consul_req *rq;       /* during a transfer */
     consul_resp *rs;
     consul_buf *out;            /* the answer body goes here */
     size_t head_bytes;          /* of this answer so far */
     int oversize;               /* the answer broke a limit: its code is rs's already */
-    int64_t last_byte;          /* a stream's last progress (monotonic ms) */
     int role;                   /* the renewer's: what the handle serves ... */
     void *owner;                /* ... and whose */
-    long pid;                   /* the process that made easy: a forked child makes its own */
+    unsigned gen;               /* the fork generation that made easy: a child makes its own */
+    long set_timeout, set_idle, set_connect;  /* the limits easy has now */
     char errbuf[CURL_ERROR_SIZE];
 } consul_http;
 

@@ -20,11 +20,18 @@
 #include <unistd.h>
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static unsigned fork_gen;  /* how many fork()s this process descends from, since loading */
+
+static void forked(void)
+{
+    fork_gen++;
+}
 
 static void global_init(void)
 {
     /* Never paired with curl_global_cleanup: other users of libcurl may share the process. */
     curl_global_init(CURL_GLOBAL_DEFAULT);
+    pthread_atfork(NULL, NULL, forked);
 }
 
 void consul_http_global_init(void)
@@ -62,6 +69,7 @@ consul_conf *consul_conf_new(void)
     if (cf == NULL)
         return NULL;
     cf->refs = 1;
+    pthread_mutex_init(&cf->kmu, NULL);
     cf->timeout_ms = 10000;
     cf->max_answer = CONSUL_DEFAULT_MAX_ANSWER;
     cf->verify = 1;
@@ -97,7 +105,60 @@ void consul_conf_release(consul_conf *cf)
     free(cf->cert_file);
     free(cf->key_file);
     free(cf->connect_to);
+    for (unsigned i = 0; i < sizeof cf->kcache / sizeof cf->kcache[0]; i++)
+        free(cf->kcache[i].path);
+    pthread_mutex_destroy(&cf->kmu);
     free(cf);
+}
+
+#define NKCACHE (sizeof ((consul_conf *)0)->kcache / sizeof ((consul_conf *)0)->kcache[0])
+
+static int kcache_find(consul_conf *cf, const char *path)
+{
+    unsigned i;
+    for (i = 0; i < NKCACHE; i++)
+        if (cf->kcache[i].path != NULL && strcmp(cf->kcache[i].path, path) == 0)
+            return (int)i;
+    return -1;
+}
+
+int consul_conf_key_get(consul_conf *cf, const char *path, uint64_t *index)
+{
+    int i;
+    pthread_mutex_lock(&cf->kmu);
+    if ((i = kcache_find(cf, path)) >= 0)
+        *index = cf->kcache[i].index;
+    pthread_mutex_unlock(&cf->kmu);
+    return i >= 0;
+}
+
+void consul_conf_key_put(consul_conf *cf, const char *path, uint64_t index)
+{
+    int i;
+    pthread_mutex_lock(&cf->kmu);
+    if ((i = kcache_find(cf, path)) < 0) {
+        char *p = strdup(path);
+        if (p != NULL) {
+            /* the oldest entry makes room */
+            i = (int)(cf->knext++ % NKCACHE);
+            free(cf->kcache[i].path);
+            cf->kcache[i].path = p;
+        }
+    }
+    if (i >= 0)
+        cf->kcache[i].index = index;
+    pthread_mutex_unlock(&cf->kmu);
+}
+
+void consul_conf_key_drop(consul_conf *cf, const char *path)
+{
+    int i;
+    pthread_mutex_lock(&cf->kmu);
+    if ((i = kcache_find(cf, path)) >= 0) {
+        free(cf->kcache[i].path);
+        cf->kcache[i].path = NULL;
+    }
+    pthread_mutex_unlock(&cf->kmu);
 }
 
 /* ---- answers: status line and headers (both drivers) --------------------------- */
@@ -170,11 +231,14 @@ int consul_resp_header(consul_resp *rs, const char *line, size_t len)
     const char *colon = memchr(line, ':', len), *v, *end = line + len;
     size_t nlen, vlen;
     int ok;
-    if (colon == NULL || colon == line || memchr(line, '\0', len) != NULL)
+    if (colon == NULL || colon == line || memchr(colon, '\0', (size_t)(end - colon)) != NULL)
         return -1;
     nlen = (size_t)(colon - line);
+    /* Only these are read: Content-Length/-Type, Connection, Transfer-Encoding, X-Consul-* */
+    if (nlen != 10 && nlen != 12 && nlen != 14 && nlen != 17 && nlen != 20)
+        return memchr(line, '\0', nlen) != NULL ? -1 : 0;
     for (v = line; v < colon; v++)
-        if (*v == ' ' || *v == '\t')
+        if (*v == ' ' || *v == '\t' || *v == '\0')
             return -1;  /* no white space in a field name */
     v = colon + 1;
     while (v < end && (*v == ' ' || *v == '\t'))
@@ -183,31 +247,46 @@ int consul_resp_header(consul_resp *rs, const char *line, size_t len)
         end--;
     vlen = (size_t)(end - v);
 #define NAME_IS(s) (nlen == sizeof(s) - 1 && strncasecmp(line, s, nlen) == 0)
-    if (NAME_IS("X-Consul-Index")) {
-        rs->index = parse_u64(v, vlen, &ok);
-        rs->has_index = ok;
-    } else if (NAME_IS("X-Consul-Knownleader")) {
-        rs->known_leader = value_is(v, vlen, "true");
-    } else if (NAME_IS("X-Consul-Lastcontact")) {
-        uint64_t ms = parse_u64(v, vlen, &ok);
-        rs->last_contact = ok && ms < INT64_MAX ? (int64_t)ms : -1;
-    } else if (NAME_IS("Content-Type")) {
-        rs->json = vlen >= 16 && strncasecmp(v, "application/json", 16) == 0;
-    } else if (NAME_IS("Content-Length")) {
-        uint64_t n = parse_u64(v, vlen, &ok);
-        if (!ok || (rs->has_length && n != rs->length))
-            return -1;  /* not a number, or two that disagree */
-        rs->length = n;
-        rs->has_length = 1;
-    } else if (NAME_IS("Transfer-Encoding")) {
-        if (!value_is(v, vlen, "chunked"))
-            return -1;  /* Consul sends no other coding, and we asked for none */
-        rs->chunked = 1;
-    } else if (NAME_IS("Connection")) {
-        if (value_is(v, vlen, "close"))
-            rs->close = 1;
-        else if (value_is(v, vlen, "keep-alive"))
-            rs->close = 0;
+    switch (nlen) {
+    case 14:
+        if (NAME_IS("X-Consul-Index")) {
+            rs->index = parse_u64(v, vlen, &ok);
+            rs->has_index = ok;
+        } else if (NAME_IS("Content-Length")) {
+            uint64_t n = parse_u64(v, vlen, &ok);
+            if (!ok || (rs->has_length && n != rs->length))
+                return -1;  /* not a number, or two that disagree */
+            rs->length = n;
+            rs->has_length = 1;
+        }
+        break;
+    case 20:
+        if (NAME_IS("X-Consul-Knownleader")) {
+            rs->known_leader = value_is(v, vlen, "true");
+        } else if (NAME_IS("X-Consul-Lastcontact")) {
+            uint64_t ms = parse_u64(v, vlen, &ok);
+            rs->last_contact = ok && ms < INT64_MAX ? (int64_t)ms : -1;
+        }
+        break;
+    case 12:
+        if (NAME_IS("Content-Type"))
+            rs->json = vlen >= 16 && strncasecmp(v, "application/json", 16) == 0;
+        break;
+    case 17:
+        if (NAME_IS("Transfer-Encoding")) {
+            if (!value_is(v, vlen, "chunked"))
+                return -1;  /* Consul sends no other coding, and we asked for none */
+            rs->chunked = 1;
+        }
+        break;
+    case 10:
+        if (NAME_IS("Connection")) {
+            if (value_is(v, vlen, "close"))
+                rs->close = 1;
+            else if (value_is(v, vlen, "keep-alive"))
+                rs->close = 0;
+        }
+        break;
     }
 #undef NAME_IS
     return 0;
@@ -220,7 +299,6 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
     consul_http *h = ud;
     consul_resp *rs = h->rs;
     size_t len = size * n;
-    h->last_byte = consul_now_ms();
     if (h->rq->sink != NULL && rs->status >= 200 && rs->status < 300)
         return h->rq->sink(h->rq->sink_ud, p, len) != 0 ? 0 : len;  /* non-zero: stop */
     if (len > h->conf->max_answer - h->out->len) {  /* out->len never exceeds it */
@@ -237,7 +315,6 @@ static size_t on_header(char *line, size_t size, size_t n, void *ud)
     consul_http *h = ud;
     consul_resp *rs = h->rs;
     size_t len = size * n, l = len;
-    h->last_byte = consul_now_ms();
     h->head_bytes += len;
     if (h->head_bytes > CONSUL_MAX_HEAD) {
         h->oversize = 1;
@@ -289,7 +366,8 @@ static int setup_easy(consul_http *h)
     if (e == NULL)
         return -1;
     h->easy = e;
-    h->pid = getpid();
+    h->gen = fork_gen;
+    h->set_timeout = h->set_idle = -1;  /* none set yet */
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, h->errbuf);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
@@ -347,6 +425,14 @@ void consul_http_release(consul_http *h)
         curl_slist_free_all(h->connect_to);
         h->connect_to = NULL;
     }
+    if (h->base != NULL) {
+        curl_slist_free_all(h->base);
+        h->base = NULL;
+    }
+    if (h->json != NULL) {
+        curl_slist_free_all(h->json);
+        h->json = NULL;
+    }
     consul_buf_free(&h->url);
     if (h->conf != NULL) {
         consul_conf_release(h->conf);
@@ -354,17 +440,28 @@ void consul_http_release(consul_http *h)
     }
 }
 
-static int add_header(consul_http *h, const char *a, const char *b, size_t blen)
+static int add_header(struct curl_slist **list, const char *a, const char *b, size_t blen)
 {
     consul_buf line = CONSUL_BUF_INIT;
     struct curl_slist *s = NULL;
     if (consul_buf_adds(&line, a) == 0 && consul_buf_add(&line, b, blen) == 0)
-        s = curl_slist_append(h->slist, line.data);
+        s = curl_slist_append(*list, line.data);
     consul_buf_free(&line);
     if (s == NULL)
         return -1;
-    h->slist = s;
+    *list = s;
     return 0;
+}
+
+/* The headers every request starts with: no "Expect: 100-continue" round trip on large
+ * bodies, and the token (unless the request has its own). */
+static int base_headers(struct curl_slist **list, const char *token)
+{
+    return add_header(list, "Expect:", "", 0) != 0 ||
+                   (token != NULL && token[0] != '\0' &&
+                    add_header(list, "X-Consul-Token: ", token, strlen(token)) != 0)
+               ? -1
+               : 0;
 }
 
 /* What went wrong, once libcurl says so. A request that was sent got an answer we cannot
@@ -438,7 +535,7 @@ static int prepare(consul_http *h, const consul_req *rq, consul_resp *rs, consul
     const char *p;
 
     consul_resp_reset(rs);
-    if (h->pid != getpid()) {
+    if (h->gen != fork_gen) {
         /* Forked since: the kept-alive connection is the parent's too. Start afresh (closing
          * our copy of its socket leaves the parent's open). */
         curl_easy_cleanup(h->easy);
@@ -452,7 +549,6 @@ static int prepare(consul_http *h, const consul_req *rq, consul_resp *rs, consul
     h->out = out;
     h->head_bytes = 0;
     h->oversize = 0;
-    h->last_byte = consul_now_ms();
     h->errbuf[0] = '\0';
     consul_buf_reset(out);
     consul_buf_reset(&h->url);
@@ -465,23 +561,35 @@ static int prepare(consul_http *h, const consul_req *rq, consul_resp *rs, consul
         (rq->query != NULL && rq->query[0] != '\0' &&
          (consul_buf_add(&h->url, "?", 1) != 0 || consul_buf_adds(&h->url, rq->query) != 0)))
         return consul_resp_fail(rs, CONSUL_ENOMEM, "out of memory");
-    /* "Expect:" keeps libcurl from waiting for a 100 Continue on large bodies. */
-    if (add_header(h, "Expect:", "", 0) != 0 ||
-        (token != NULL && token[0] != '\0' &&
-         add_header(h, "X-Consul-Token: ", token, strlen(token)) != 0) ||
-        (rq->body != NULL && rq->content_type != NULL &&
-         add_header(h, "Content-Type: ", rq->content_type, strlen(rq->content_type)) != 0))
-        return consul_resp_fail(rs, CONSUL_ENOMEM, "out of memory");
-    for (p = rq->headers; p != NULL && *p != '\0';) {
-        const char *nl = strchr(p, '\n');
-        size_t n = nl != NULL ? (size_t)(nl - p) : strlen(p);
-        if (add_header(h, "", p, n) != 0)
+    if (rq->token == NULL && rq->headers == NULL &&
+        (rq->body == NULL || rq->content_type == NULL ||
+         strcmp(rq->content_type, "application/octet-stream") == 0 ||
+         strcmp(rq->content_type, "application/json") == 0)) {
+        /* the usual headers, made once per handle (bytes go with libcurl's own Content-Type,
+         * which Consul does not read where it takes bytes) */
+        int json = rq->body != NULL && rq->content_type != NULL &&
+                   strcmp(rq->content_type, "application/json") == 0;
+        struct curl_slist **l = json ? &h->json : &h->base;
+        if (*l == NULL && (base_headers(l, cf->token) != 0 ||
+                           (json && add_header(l, "Content-Type: ", "application/json", 16) != 0)))
             return consul_resp_fail(rs, CONSUL_ENOMEM, "out of memory");
-        p += n + (nl != NULL);
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, *l);
+    } else {
+        if (base_headers(&h->slist, token) != 0 ||
+            (rq->body != NULL && rq->content_type != NULL &&
+             add_header(&h->slist, "Content-Type: ", rq->content_type,
+                        strlen(rq->content_type)) != 0))
+            return consul_resp_fail(rs, CONSUL_ENOMEM, "out of memory");
+        for (p = rq->headers; p != NULL && *p != '\0';) {
+            const char *nl = strchr(p, '\n');
+            size_t n = nl != NULL ? (size_t)(nl - p) : strlen(p);
+            if (add_header(&h->slist, "", p, n) != 0)
+                return consul_resp_fail(rs, CONSUL_ENOMEM, "out of memory");
+            p += n + (nl != NULL);
+        }
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, h->slist);
     }
-
     curl_easy_setopt(e, CURLOPT_URL, h->url.data);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h->slist);
     if (strcmp(rq->method, "GET") == 0 && rq->body == NULL) {
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
         curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
@@ -493,21 +601,31 @@ static int prepare(consul_http *h, const consul_req *rq, consul_resp *rs, consul
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, rq->body != NULL ? rq->body : "");
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, rq->method);
     }
-    if (rq->stream) {
-        /* No end to wait for: moving under 1 KiB a second for idle_ms ends it. A monitor
-         * steps its transfer itself and sets no idle limit here. */
-        long idle_s = (rq->idle_ms + 999) / 1000;
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 0L);
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, rq->idle_ms > 0 ? 1024L : 0L);
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, rq->idle_ms > 0 ? idle_s : 0L);
-    } else {
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, rq->timeout_ms > 0 ? rq->timeout_ms : 1L);
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 0L);
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, 0L);
+    {
+        /* The request's bounds, set when they change: a stream has no end to wait for, and
+         * moving under 1 KiB a second for idle_ms ends it (a monitor steps its transfer
+         * itself and sets no idle limit here); anything else has its budget, which libcurl
+         * is given whenever it is smaller than the one it has, or 10 ms larger. */
+        long timeout = rq->stream ? 0L : rq->timeout_ms > 0 ? rq->timeout_ms : 1L;
+        long idle = rq->stream && rq->idle_ms > 0 ? (rq->idle_ms + 999) / 1000 : 0L;
+        long connect = rq->timeout_ms > 0 && rq->timeout_ms < cf->timeout_ms ? rq->timeout_ms
+                                                                           : cf->timeout_ms;
+        if (timeout != h->set_timeout && (timeout == 0 || h->set_timeout == 0 ||
+                                          timeout < h->set_timeout ||
+                                          timeout > h->set_timeout + 10)) {
+            curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
+            h->set_timeout = timeout;
+        }
+        if (idle != h->set_idle) {
+            curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, idle > 0 ? 1024L : 0L);
+            curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, idle);
+            h->set_idle = idle;
+        }
+        if (connect != h->set_connect) {
+            curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect);
+            h->set_connect = connect;
+        }
     }
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-                     rq->timeout_ms > 0 && rq->timeout_ms < cf->timeout_ms ? rq->timeout_ms
-                                                                            : cf->timeout_ms);
     return 0;
 }
 

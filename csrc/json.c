@@ -7,7 +7,8 @@
  *     one is read, the text's number tokens are found, in document order, and each number
  *     node's valueint is replaced by the offset of its token: any integer can then be read
  *     again exactly from its own digits.
- *   - A text holding "\u0000" (rare: memmem finds out) has its string tokens decoded again,
+ *   - A text holding "\u0000" (rare: a look at its backslashes finds out) has its string
+ *     tokens decoded again,
  *     in document order, at parse time; those holding NUL bytes get buffers of their own,
  *     whose lengths are kept in a table sorted by address.
  * cJSON's children keep document order, so the walks agree. A raw NUL byte is not JSON.
@@ -19,7 +20,6 @@
  * Encoding writes Lua values straight into a consul_buf (owned by the call, so an error
  * raised halfway leaks nothing). Every number that goes into a fixed buffer is bounded.
  */
-#define _GNU_SOURCE  /* memmem */
 #include "consul.h"
 
 #include <errno.h>
@@ -267,6 +267,21 @@ static char *decode_token(const char *s, const char *end, size_t *len)
     return buf;
 }
 
+/* Whether the text holds "\u0000": by its backslashes, which Consul's answers rarely have
+ * (memchr is much faster than memmem here). */
+static int has_escaped_nul(const char *p, size_t n)
+{
+    const char *end = p + n;
+    while ((p = memchr(p, '\\', (size_t)(end - p))) != NULL) {
+        if (end - p >= 6 && memcmp(p + 1, "u0000", 5) == 0)
+            return 1;
+        p += 2;  /* the backslash and the character it escapes */
+        if (p >= end)
+            break;
+    }
+    return 0;
+}
+
 /* Re-decodes the token of a string (a value, or a key: *slot) when it holds an escaped NUL;
  * 0 ok, -1 out of memory. */
 static int whole_string(consul_json *d, char **slot, const char *tok, const char *tokend,
@@ -274,7 +289,7 @@ static int whole_string(consul_json *d, char **slot, const char *tok, const char
 {
     char *buf;
     size_t len;
-    if (memmem(tok, (size_t)(tokend - tok), "\\u0000", 6) == NULL)
+    if (!has_escaped_nul(tok, (size_t)(tokend - tok)))
         return 0;
     if ((buf = decode_token(tok, tokend, &len)) == NULL)
         return -1;
@@ -360,6 +375,7 @@ const char *consul_json_field_str(const consul_json *d, const cJSON *o, const ch
 
 /* ---- parse ------------------------------------------------------------------- */
 
+
 int consul_json_parse(consul_json *d, const char *text, size_t len)
 {
     consul_json_free(d);
@@ -371,7 +387,7 @@ int consul_json_parse(consul_json *d, const char *text, size_t len)
         return -1;
     d->text = text;
     d->len = len;
-    if (memmem(text, len, "\\u0000", 6) != NULL) {
+    if (has_escaped_nul(text, len)) {
         const char *p = text;
         size_t cap = 0;
         if (string_nodes(d, d->root, 0, &p, text + len, &cap) != 0) {
@@ -506,61 +522,54 @@ static int push_b64(pusher *p, cJSON *n)
     return CONSUL_OK;
 }
 
+/* What a field is, by its name: how it is decoded and, in a KV record, checked. */
+enum { F_PLAIN, F_VALUE, F_PAYLOAD, F_KEY, F_SESSION, F_U64 };
+
+static int field_kind(const char *k)
+{
+    switch (k[0]) {
+    case 'V': return strcmp(k, "Value") == 0 ? F_VALUE : F_PLAIN;
+    case 'P': return strcmp(k, "Payload") == 0 ? F_PAYLOAD : F_PLAIN;
+    case 'K': return strcmp(k, "Key") == 0 ? F_KEY : F_PLAIN;
+    case 'S': return strcmp(k, "Session") == 0 ? F_SESSION : F_PLAIN;
+    case 'F': return strcmp(k, "Flags") == 0 ? F_U64 : F_PLAIN;
+    case 'C': return strcmp(k, "CreateIndex") == 0 ? F_U64 : F_PLAIN;
+    case 'M': return strcmp(k, "ModifyIndex") == 0 ? F_U64 : F_PLAIN;
+    case 'L': return strcmp(k, "LockIndex") == 0 ? F_U64 : F_PLAIN;
+    default: return F_PLAIN;
+    }
+}
+
 /* The keys of the objects of one array: records of a list name the same fields in the same
- * order, so the Lua string of each name is made once and reused. */
+ * order, so the Lua string of each name is made once and reused, and what the field is
+ * found out once. */
 #define KEYS 16
 typedef struct keycache {
     int idx;                 /* stack index of a table: i -> the Lua string of name[i - 1] */
     const char *name[KEYS];  /* names of the previous object, alive as long as the document */
+    unsigned char kind[KEYS];
 } keycache;
 
 static int push_value(pusher *p, cJSON *n, keycache *kc);
 
-static void push_key(pusher *p, const cJSON *c, int i, keycache *kc)
+/* Field i of an object: its kind; *cached: its name's Lua string is slot i + 1 of the
+ * cache's table (else push it from the node). */
+static int key_kind(const pusher *p, const cJSON *c, int i, keycache *kc, int *cached)
 {
-    lua_State *L = p->L;
     const char *name = c->string;
-    if (p->d->nnul > 0 || kc == NULL || i >= KEYS) {
-        size_t len;
-        const char *k = consul_json_key(p->d, c, &len);
-        lua_pushlstring(L, k, len);
-    } else if (kc->name[i] != NULL && strcmp(kc->name[i], name) == 0) {
-        lua_rawgeti(L, kc->idx, i + 1);
-    } else {
-        lua_pushstring(L, name);
-        lua_pushvalue(L, -1);
-        lua_rawseti(L, kc->idx, i + 1);
-        kc->name[i] = name;
+    *cached = 0;
+    if (p->d->nnul > 0 || kc == NULL || i >= KEYS)
+        return field_kind(name);
+    if (kc->name[i] != NULL && strcmp(kc->name[i], name) == 0) {
+        *cached = 1;
+        return kc->kind[i];
     }
-}
-
-/* A KV record's field: 1 when the name is one of a record's, with *ok its value's check. */
-static int record_field(pusher *p, const cJSON *c, int *ok)
-{
-    const char *k = c->string;
-    uint64_t u;
-    switch (k[0]) {
-    case 'K':
-        if (strcmp(k, "Key") != 0)
-            return 0;
-        *ok = cJSON_IsString(c);
-        return 1;
-    case 'S':
-        if (strcmp(k, "Session") != 0)
-            return 0;
-        *ok = cJSON_IsString(c) || cJSON_IsNull(c);
-        return 1;
-    case 'F':
-    case 'C':
-    case 'M':
-    case 'L':
-        if (strcmp(k, "Flags") != 0 && strcmp(k, "CreateIndex") != 0 &&
-            strcmp(k, "ModifyIndex") != 0 && strcmp(k, "LockIndex") != 0)
-            return 0;
-        *ok = consul_json_u64(p->d, c, &u) == 0;
-        return 1;
-    }
-    return 0;
+    lua_pushstring(p->L, name);
+    lua_rawseti(p->L, kc->idx, i + 1);
+    kc->name[i] = name;
+    kc->kind[i] = (unsigned char)field_kind(name);
+    *cached = 1;
+    return kc->kind[i];
 }
 
 static int push_object(pusher *p, cJSON *n, keycache *kc, int record)
@@ -570,20 +579,36 @@ static int push_object(pusher *p, cJSON *n, keycache *kc, int record)
     int i = 0, rc, has_key = 0;
     lua_createtable(L, 0, 8);
     for (c = n->child; c != NULL; c = c->next, i++) {
-        int b64 = 0, ok = 1;
-        if (c->string[0] == 'V')
-            b64 = (p->flags & CONSUL_JSON_B64VALUE) && strcmp(c->string, "Value") == 0;
-        else if (c->string[0] == 'P')
-            b64 = (p->flags & CONSUL_JSON_B64PAYLOAD) && strcmp(c->string, "Payload") == 0 &&
-                  !cJSON_IsNull(c);
-        if (record && !b64 && record_field(p, c, &ok)) {
-            if (!ok)
-                return CONSUL_EDECODE;
-            has_key |= c->string[0] == 'K';
+        int cached, kind = key_kind(p, c, i, kc, &cached);
+        int b64 = (kind == F_VALUE && (p->flags & CONSUL_JSON_B64VALUE)) ||
+                  (kind == F_PAYLOAD && (p->flags & CONSUL_JSON_B64PAYLOAD) && !cJSON_IsNull(c));
+        if (record) {
+            uint64_t u;
+            switch (kind) {
+            case F_KEY:
+                if (!cJSON_IsString(c))
+                    return CONSUL_EDECODE;
+                has_key = 1;
+                break;
+            case F_SESSION:
+                if (!cJSON_IsString(c) && !cJSON_IsNull(c))
+                    return CONSUL_EDECODE;
+                break;
+            case F_U64:
+                if (consul_json_u64(p->d, c, &u) != 0)
+                    return CONSUL_EDECODE;
+                break;
+            }
         }
         if (cJSON_IsNull(c) && !b64)
             continue;  /* an absent field reads as nil */
-        push_key(p, c, i, kc);
+        if (cached) {
+            lua_rawgeti(L, kc->idx, i + 1);
+        } else {
+            size_t len;
+            const char *k = consul_json_key(p->d, c, &len);
+            lua_pushlstring(L, k, len);
+        }
         rc = b64 ? push_b64(p, c) : push_value(p, c, NULL);
         if (rc != CONSUL_OK)
             return rc;

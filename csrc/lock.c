@@ -43,7 +43,8 @@ const char *consul_lock_name(const consul_lock *lk, char *out, size_t n)
 /* ---- acquire ------------------------------------------------------------------- */
 
 enum {
-    A_START, A_CREATE, A_RENEW, A_READ, A_HOLDER, A_TAKE, A_RECHECK, A_SLEEP_TAKE, A_SLEEP_RETRY
+    A_START, A_CREATE, A_RENEW, A_READ, A_HOLDER, A_TAKE, A_RECHECK, A_SLEEP_TAKE, A_SLEEP_RETRY,
+    A_FAST
 };
 
 typedef struct acq {
@@ -120,13 +121,20 @@ static int acq_failed(consul_mach *m, const consul_resp *rs)
     return CONSUL_SLEEP;
 }
 
-/* One transaction: lock the key with our session, flags and value, and read it back. */
-static int send_take(consul_mach *m)
+static int acq_next(consul_mach *m, int take);
+
+/* One transaction: lock the key with our session, flags and value, and read it back; with a
+ * guard, only if the key's ModifyIndex is still the one our last release left it at. */
+static int send_take_guarded(consul_mach *m, int guarded, uint64_t index)
 {
     consul_lock *lk = m->lk;
     consul_buf *b = &m->body;
     consul_buf_reset(b);
-    if (consul_buf_adds(b, "[{\"KV\":{\"Verb\":\"lock\",\"Key\":") != 0 ||
+    if (consul_buf_adds(b, "[") != 0 ||
+        (guarded && (consul_buf_adds(b, "{\"KV\":{\"Verb\":\"check-index\",\"Key\":") != 0 ||
+                     consul_buf_add_json_string(b, lk->key, lk->key_len) != 0 ||
+                     consul_buf_addf(b, ",\"Index\":%llu}},", (unsigned long long)index) != 0)) ||
+        consul_buf_adds(b, "{\"KV\":{\"Verb\":\"lock\",\"Key\":") != 0 ||
         consul_buf_add_json_string(b, lk->key, lk->key_len) != 0 ||
         consul_buf_addf(b, ",\"Flags\":%llu,\"Session\":", (unsigned long long)lk->flags) != 0 ||
         consul_buf_add_json_string(b, lk->session, strlen(lk->session)) != 0 ||
@@ -134,8 +142,38 @@ static int send_take(consul_mach *m)
         consul_buf_add_base64(b, (const unsigned char *)lk->value, lk->value_len) != 0 ||
         consul_buf_adds(b, "\"}}]") != 0)
         return consul_mach_done(m, CONSUL_ENOMEM, NULL, "consul: out of memory");
-    m->state = A_TAKE;
+    m->state = guarded ? A_FAST : A_TAKE;
     return consul_mach_sendf(m, "PUT", "/v1/txn", NULL, b->data, b->len, 0);
+}
+
+static int send_take(consul_mach *m)
+{
+    return send_take_guarded(m, 0, 0);
+}
+
+/* The ModifyIndex of the last result of a txn answer (the lock or unlock op's). */
+static int txn_index(consul_mach *m, const consul_resp *rs, uint64_t *mi)
+{
+    cJSON *r, *last = NULL;
+    if (consul_mach_parse(m, rs) != 0)
+        return -1;
+    cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(m->doc.root, "Results"))
+        last = r;
+    return consul_json_u64(&m->doc,
+                           cJSON_GetObjectItemCaseSensitive(
+                               cJSON_GetObjectItemCaseSensitive(last, "KV"), "ModifyIndex"),
+                           mi);
+}
+
+/* The first try: the guarded take when our last release of this key is known, else the
+ * read Go's algorithm starts with. */
+static int acq_begin(consul_mach *m)
+{
+    consul_lock *lk = m->lk;
+    uint64_t index;
+    if (lk->kind == CONSUL_KIND_LOCK && consul_conf_key_get(lk->conf, lk->path, &index))
+        return send_take_guarded(m, 1, index);  /* (no try yet: a refusal reads next) */
+    return acq_next(m, 0);
 }
 
 /* What a read of the key says: 1 ours (fence set), 2 held by another (holder set), 0 free,
@@ -238,7 +276,7 @@ static int acq_step(consul_mach *m, const consul_resp *rs)
             return consul_sess_create(m);
         }
         a->next_renew = LOAD(&lk->lease_ms) + LOAD(&lk->ttl_ms) / 2;
-        return acq_next(m, 0);
+        return acq_begin(m);
 
     case A_CREATE:
         if (rs->code != CONSUL_OK)
@@ -247,7 +285,25 @@ static int acq_step(consul_mach *m, const consul_resp *rs)
             return consul_mach_done(m, m->last.code, NULL, NULL);
         a->created = 1;
         a->next_renew = LOAD(&lk->lease_ms) + LOAD(&lk->ttl_ms) / 2;
-        return acq_next(m, 0);
+        return acq_begin(m);
+
+    case A_FAST: {
+        uint64_t mi;
+        if (rs->status == 409) {
+            /* the key changed since we left it (or is held, or in lock-delay): Go's way */
+            consul_conf_key_drop(lk->conf, lk->path);
+            return acq_next(m, 0);
+        }
+        if (rs->code != CONSUL_OK)
+            return acq_failed(m, rs);
+        if (txn_index(m, rs, &mi) != 0) {
+            m->last = *rs;
+            m->last.code = CONSUL_EDECODE;
+            return consul_mach_done(m, CONSUL_EDECODE, NULL, NULL);
+        }
+        lk->fence = mi;
+        return consul_mach_done(m, CONSUL_OK, rs, NULL);
+    }
 
     case A_RENEW:
         if (rs->code == CONSUL_EHTTP && rs->status == 404) {
@@ -405,25 +461,39 @@ static int rel_step(consul_mach *m, const consul_resp *rs)
 {
     consul_lock *lk = m->lk;
     switch (m->state) {
-    case R_START:
+    case R_START: {
+        consul_buf *b = &m->body;
         if (lk->session[0] == '\0')
             return consul_mach_done(m, CONSUL_OK, NULL, NULL);
-        consul_buf_reset(&m->path);
-        consul_buf_reset(&m->query);
-        if (consul_buf_adds(&m->path, lk->path) != 0 ||
-            consul_buf_adds(&m->query, "release=") != 0 ||
-            consul_buf_add_escaped(&m->query, lk->session, strlen(lk->session), 0) != 0 ||
-            consul_buf_addf(&m->query, "&flags=%llu", (unsigned long long)lk->flags) != 0)
+        /* Unlock keeping our flags and value, as Go's Unlock does with PUT ?release=&flags=
+         * (a PUT without flags would reset them to 0); as a transaction, the answer says the
+         * index the key is left at, for the next acquire of it (A_FAST). */
+        consul_buf_reset(b);
+        if (consul_buf_adds(b, "[{\"KV\":{\"Verb\":\"unlock\",\"Key\":") != 0 ||
+            consul_buf_add_json_string(b, lk->key, lk->key_len) != 0 ||
+            consul_buf_addf(b, ",\"Flags\":%llu,\"Session\":", (unsigned long long)lk->flags) != 0 ||
+            consul_buf_add_json_string(b, lk->session, strlen(lk->session)) != 0 ||
+            consul_buf_adds(b, ",\"Value\":\"") != 0 ||
+            consul_buf_add_base64(b, (const unsigned char *)lk->value, lk->value_len) != 0 ||
+            consul_buf_adds(b, "\"}}]") != 0)
             return consul_mach_done(m, CONSUL_ENOMEM, NULL, "consul: out of memory");
         m->state = R_RELEASE;
-        return consul_mach_send(m, "PUT", lk->value != NULL ? lk->value : "", lk->value_len, 0);
-    case R_RELEASE:
-        if (rs->code != CONSUL_OK)
+        return consul_mach_sendf(m, "PUT", "/v1/txn", NULL, b->data, b->len, 0);
+    }
+    case R_RELEASE: {
+        uint64_t mi;
+        if (rs->status == 409) {
+            consul_conf_key_drop(lk->conf, lk->path);  /* not ours (any more): nothing to unlock */
+        } else if (rs->code != CONSUL_OK) {
             return consul_mach_done(m, rs->code, rs, NULL);
+        } else if (lk->kind == CONSUL_KIND_LOCK && txn_index(m, rs, &mi) == 0) {
+            consul_conf_key_put(lk->conf, lk->path, mi);
+        }
         if (!lk->own_session)
             return consul_mach_done(m, CONSUL_OK, rs, NULL);
         m->state = R_DESTROY;
         return consul_sess_destroy(m);
+    }
     case R_DESTROY:
         if (rs->code != CONSUL_OK && rs->status != 404)
             return consul_mach_done(m, rs->code, rs, NULL);  /* the session stays: retry */

@@ -17,7 +17,8 @@
  *
  * All requests run on one libcurl multi handle, each lock and job with its own easy
  * handles. A lock released within 200 ms of acquiring never had a request made for it here:
- * taking it back is a list operation under the mutex. At process exit (atexit) what is still
+ * taking it back is a list operation under the mutex, and while locks come and go the renewer
+ * looks every 200 ms by itself rather than being woken for each. At process exit (atexit) what is still
  * held is released and the jobs are given their chance, 3 seconds at most.
  */
 #include "consul.h"
@@ -57,6 +58,8 @@ static job *jobs;
 static CURLM *multi;
 static int started;
 static int64_t wake_at = NEVER;  /* when the renewer will look again by itself */
+static int64_t last_start;       /* when a lock was last registered */
+#define LINGER_MS 2000  /* after a registration, look every FIRST_WATCH_MS this long */
 static int exiting;  /* set once by atexit, which then keeps mu: see renew_atexit */
 
 /* ---- the lock's state --------------------------------------------------- */
@@ -433,6 +436,8 @@ static void *renewer(void *arg)
             if (!j->busy && j->wake < next)
                 next = j->wake;
         }
+        if (next == NEVER && now - last_start < LINGER_MS)
+            next = now + FIRST_WATCH_MS;  /* locks come and go: no wakeup for each */
         wake_at = next;
         pthread_mutex_unlock(&mu);
         now = consul_now_ms();
@@ -516,6 +521,7 @@ int consul_renew_start(consul_lock *lk)
     lk->next_watch = now + FIRST_WATCH_MS;
     consul_lock_retain(lk);
     lk->registered = 1;
+    last_start = now;
     lk->prev = NULL;
     lk->next = head;
     if (head != NULL)

@@ -3,7 +3,7 @@
 #
 #   scripts/agent.sh start DIR [--acl] [--acl-no-bootstrap] [--tls]
 #                              [--tls-verify-incoming] [--unix] [--encrypt]
-#                              [--name NAME]
+#                              [--name NAME] [--kv-max-value-size BYTES]
 #       Starts `consul agent -dev` on 127.0.0.1 with free ports, state in DIR
 #       (created).  When the agent is ready, prints KEY=value lines on stdout
 #       (values are single-quoted shell-style only when they need it):
@@ -193,7 +193,7 @@ if [ "$cmd" = stop ]; then
 fi
 [ "$cmd" = start ] || usage
 
-acl=0 bootstrap=1 tls=0 verify=0 unix=0 encrypt=0 name=""
+acl=0 bootstrap=1 tls=0 verify=0 unix=0 encrypt=0 name="" kv_max=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --acl) acl=1;;
@@ -204,6 +204,7 @@ while [ $# -gt 0 ]; do
     --encrypt) encrypt=1;;
     --name) [ $# -ge 2 ] || usage; name=$2; shift;;
     --name=*) name=${1#--name=};;
+    --kv-max-value-size) [ $# -ge 2 ] || usage; kv_max=$2; shift;;
     *) log "unknown flag $1"; usage;;
   esac
   shift
@@ -310,6 +311,13 @@ write_config() {
     fi
     if [ $encrypt = 1 ]; then
       echo "encrypt = \"$encrypt_key\""
+    fi
+    if [ -n "$kv_max" ]; then
+      # a KV value (and a txn request) may be this large; Consul's default is 512 KiB
+      echo "limits {"
+      echo "  kv_max_value_size = $kv_max"
+      echo "  txn_max_req_len   = $kv_max"
+      echo "}"
     fi
     if [ $acl = 1 ]; then
       echo "primary_datacenter = \"$dc\""

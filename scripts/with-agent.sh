@@ -6,7 +6,7 @@
 #   - fetches consul (scripts/fetch-consul.sh) and exports CONSUL_BIN
 #   - starts one shared plain dev agent in $CONSUL_TEST_TMP/shared and
 #     exports CONSUL_TEST_ADDR (host:port), CONSUL_TEST_NODE,
-#     CONSUL_TEST_HTTP_PORT and CONSUL_TEST_DC
+#     CONSUL_TEST_HTTP_PORT, CONSUL_TEST_DC and CONSUL_TEST_PID
 #   - unsets inherited CONSUL_HTTP_* variables
 #   - runs CMD; on exit (or INT/TERM/HUP) stops every agent whose pid file is
 #     under $CONSUL_TEST_TMP or whose dir is listed in $CONSUL_TEST_TMP/agents,
@@ -143,12 +143,15 @@ unset CONSUL_CACERT CONSUL_CAPATH CONSUL_CLIENT_CERT CONSUL_CLIENT_KEY \
 CONSUL_BIN=$("$here/fetch-consul.sh") || { log "fetching consul failed"; exit 1; }
 export CONSUL_BIN
 
-out=$("$here/agent.sh" start "$CONSUL_TEST_TMP/shared" --name shared) || { log "starting the shared agent failed"; exit 1; }
+# CONSUL_TEST_KV_MAX: a larger KV value limit for the shared agent (make bench: 2 MiB values)
+out=$("$here/agent.sh" start "$CONSUL_TEST_TMP/shared" --name shared \
+  ${CONSUL_TEST_KV_MAX:+--kv-max-value-size "$CONSUL_TEST_KV_MAX"}) || { log "starting the shared agent failed"; exit 1; }
 eval "$out"
 export CONSUL_TEST_ADDR=$ADDR
 export CONSUL_TEST_NODE=$NODE
 export CONSUL_TEST_HTTP_PORT=$HTTP_PORT
 export CONSUL_TEST_DC=$DC
+export CONSUL_TEST_PID=$PID   # the shared agent's own PID (benchmarks read its CPU)
 unset ADDR NODE HTTP_PORT DC PID DIR LOG SERF_LAN_PORT SERVER_PORT out
 
 # ---- run the command ----------------------------------------------------------------

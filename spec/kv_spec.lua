@@ -706,6 +706,26 @@ c:close()
       assert.is_true(el < 5, "waited " .. el .. " s")
     end)
 
+    it("get blocking on a key that is deleted meanwhile returns nil, nil, meta (404) with a higher index", function()
+      assert(c.kv:put(P .. "block/gone", "here"))
+      local _, _, m = c.kv:get(P .. "block/gone")
+      local child = assert(io.popen(LUA .. " -e " .. agent.quote(string.format([[
+local c = require("consul").new({ addr = %q })
+os.execute("sleep 0.3")
+io.write(tostring(c.kv:delete(%q)))
+]], A, P .. "block/gone")) .. " 2>&1", "r"))
+      local el, v, err, m2 = timed(function()
+        return c.kv:get(P .. "block/gone", { index = m.index, wait = "10s" })
+      end)
+      assert.are.equal("true", child:read("*a"))
+      child:close()
+      assert.is_nil(v)
+      assert.is_nil(err)
+      assert.are.equal(404, m2.status)
+      assert.is_true(m2.index > m.index)
+      assert.is_true(el < 5, "waited " .. el .. " s")
+    end)
+
     it("list and keys return early when another process writes under the prefix", function()
       local _, _, m = c.kv:list(P .. "block/dir/")
       local child = spawn_writer(P .. "block/dir/b", "b", 0.3)
@@ -800,6 +820,82 @@ c:close()
       assert.are.equal(true, (c.kv:put(P .. "big/after", "fine")))
       assert.are.equal("fine", (c.kv:get(P .. "big/after")))
       assert.is_true((c.kv:get(P .. "big/max")) == max)
+    end)
+  end)
+
+  ---------------------------------------------------------------------------
+  describe("large values (an agent of its own, its KV value limit raised to 2 MiB)", function()
+    local big_agent, bc
+    local LIMIT = 2 * 1024 * 1024
+    local function bytes(n, seed)
+      -- every byte value (NULs, invalid UTF-8), in an order of seed's
+      local t = {}
+      for i = 0, 255 do t[#t + 1] = string.char((i * seed + seed) % 256) end
+      local s256 = table.concat(t)
+      return (string.rep(s256, math.floor(n / 256) + 1)):sub(1, n)
+    end
+    local function stored(key)
+      local status, body = agent.http(big_agent, "GET", "/v1/kv/" .. path_of(key) .. "?raw")
+      assert(status, body)
+      if status == 404 then return nil end
+      assert.are.equal(200, status)
+      return body
+    end
+
+    setup(function()
+      big_agent = agent.start({ kv_max_value_size = LIMIT })
+      bc = consul.new({ addr = big_agent.addr, timeout = 30 })
+    end)
+    teardown(function()
+      if bc then bc:close() end
+      if big_agent then big_agent:stop() end
+    end)
+
+    it("1 MiB and exactly the limit round-trip byte for byte; one byte more is 413", function()
+      for _, case in ipairs({ { "one-mib", 1024 * 1024, 7 }, { "limit", LIMIT, 13 } }) do
+        local key, value = P .. "large/" .. case[1], bytes(case[2], case[3])
+        assert.are.equal(case[2], #value)
+        assert.are.equal(true, (bc.kv:put(key, value)), case[1])
+        assert.is_true(stored(key) == value, case[1] .. ": what the agent stored")
+        local got, err, meta = bc.kv:get(key)
+        assert.is_nil(err)
+        assert.are.equal(#value, #got, case[1])
+        assert.is_true(got == value, case[1] .. ": what get read")
+        assert.are.equal(200, meta.status)
+        assert.is_true(bc.kv:record(key).Value == value, case[1] .. ": the record's Value")
+      end
+      local ok, err, meta = bc.kv:put(P .. "large/over", bytes(LIMIT + 1, 3))
+      assert.is_nil(ok)
+      assert.matches("413", err)
+      assert.are.equal(413, meta.status)
+      assert.is_nil(stored(P .. "large/over"))
+      -- and the connection goes on
+      assert.are.equal(true, (bc.kv:put(P .. "large/after", "x")))
+      assert.are.equal("x", (bc.kv:get(P .. "large/after")))
+    end)
+
+    it("a 1 MiB value in a txn round-trips too (base64 both ways)", function()
+      local value = bytes(1024 * 1024, 11)
+      local r = assert(bc.txn:apply({
+        { KV = { Verb = "set", Key = P .. "large/txn", Value = value } },
+        { KV = { Verb = "get", Key = P .. "large/txn" } },
+      }))
+      assert.is_true(r.Results[2].KV.Value == value)
+      assert.is_true(stored(P .. "large/txn") == value)
+    end)
+
+    it("get of a value over max_answer fails as decode, before holding it", function()
+      local key = P .. "large/capped"
+      assert.are.equal(true, (bc.kv:put(key, bytes(1024 * 1024, 5))))
+      local small = consul.new({ addr = big_agent.addr, max_answer = 64 * 1024 })
+      local v, err, meta = small.kv:get(key)
+      assert.is_nil(v)
+      assert.matches("max_answer", err)
+      assert.are.equal("decode", meta.code)
+      assert.are.equal(200, meta.status)
+      assert.are.equal(true, (bc.kv:put(P .. "large/small", "x")))
+      assert.are.equal("x", (small.kv:get(P .. "large/small")))  -- the client goes on
+      small:close()
     end)
   end)
 

@@ -310,7 +310,8 @@ local FLAGS = {
 -- agent.start(opts) --> agent table; errors (with the agent log tail) on failure
 --   opts: acl, tls, tls_verify_incoming, unix, encrypt (booleans),
 --         bootstrap (default true; false with acl: nobody bootstraps the ACLs),
---         name (node name), dir (directory; default agent.tmpdir())
+--         name (node name), dir (directory; default agent.tmpdir()),
+--         kv_max_value_size (bytes: the largest KV value, and txn request, it takes)
 function M.start(opts)
   opts = opts or {}
   local args = {}
@@ -326,6 +327,8 @@ function M.start(opts)
       end
     elseif k == "name" then
       args[#args + 1] = "--name " .. quote(v)
+    elseif k == "kv_max_value_size" then
+      args[#args + 1] = "--kv-max-value-size " .. quote(v)
     elseif k ~= "dir" then
       error("agent.start: unknown option '" .. tostring(k) .. "'", 2)
     end
