@@ -11,7 +11,7 @@ SHELL    := /bin/bash
 
 DEB_PKGS  = gcc make pkg-config lua5.4 liblua5.4-dev lua-busted libcurl4-openssl-dev \
             libcjson-dev luarocks luajit2 libluajit2-5.1-dev valgrind curl openssl ca-certificates \
-            clang libclang-rt-14-dev
+            clang libclang-rt-14-dev nginx libnginx-mod-http-lua wrk
 CC       ?= gcc
 WARN      = -std=c99 -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             -Wwrite-strings -Werror -Werror=implicit-function-declaration

@@ -90,9 +90,9 @@ static int client_stats(lua_State *L)
     if (lua_gettop(L) > 1)
         return consul_error(L, "too many arguments to 'stats' (none expected)");
     lua_createtable(L, 0, 2);
-    lua_pushinteger(L, (lua_Integer)c->requests);
+    lua_pushinteger(L, (lua_Integer)LOAD(&c->conf->requests));
     lua_setfield(L, -2, "requests");
-    lua_pushinteger(L, (lua_Integer)c->connects);
+    lua_pushinteger(L, (lua_Integer)LOAD(&c->conf->connects));
     lua_setfield(L, -2, "connects");
     return 1;
 }

@@ -145,6 +145,7 @@ typedef struct consul_conf {
     pthread_mutex_t kmu;
     struct { char *path; uint64_t index; } kcache[16];
     unsigned knext;
+    int64_t requests, connects;  /* atomic: what the calls made with it sent and opened */
 } consul_conf;
 
 consul_conf *consul_conf_new(void);
@@ -260,6 +261,7 @@ typedef struct consul_wire {
 enum { CONSUL_WIRE_MORE = 0, CONSUL_WIRE_DONE = 1 };
 void consul_wire_begin(consul_wire *w, consul_resp *rs, consul_buf *out);
 void consul_wire_free(consul_wire *w);
+int consul_wire_head_done(const consul_wire *w);  /* the answer's head is in */
 /* Feeds n bytes of the answer (p == NULL: the peer closed). Returns CONSUL_WIRE_MORE,
  * CONSUL_WIRE_DONE (rs complete; w->keepalive says whether the connection is reusable) or
  * -code (rs failed: decode, closed). */
@@ -375,8 +377,9 @@ int consul_mach_done(consul_mach *m, int rc, const consul_resp *rs, const char *
 int consul_mach_parse(consul_mach *m, const consul_resp *rs);
 /* m's failure as one line, into out. */
 void consul_mach_message(const consul_mach *m, char *out, size_t n);
-/* The blocking driver: runs m to its end over h (libcurl). counters may be NULL. */
-int consul_mach_run(consul_mach *m, consul_http *h, int64_t *requests, int64_t *connects);
+/* The blocking driver: runs m to its end over h (libcurl); with count, its requests and new
+ * connections are added to its conf's counters (c:stats()). */
+int consul_mach_run(consul_mach *m, consul_http *h, int count);
 /* The single-request machine: sends m->rq as prepared, keeps its answer in m->last. */
 int consul_step_single(consul_mach *m, const consul_resp *rs);
 
@@ -479,7 +482,6 @@ int consul_renew_exiting(void);
 typedef struct consul_client {
     consul_conf *conf;
     consul_http http;         /* the client's connection */
-    int64_t requests, connects;
     int closed;
     struct consul_op *spare;  /* an op's memory kept for the next call */
 } consul_client;
@@ -521,6 +523,9 @@ struct consul_op {
     FILE *file;              /* snapshot:save into a file (our own stream) */
     int box;                 /* the box's stack index while results are pushed */
     int async;               /* driven from Lua (nginx): kept values live in the box */
+    void *drv;               /* the nginx driver's bookkeeping (op.c), when driven from Lua */
+    consul_lines lines;      /* a stream's lines (agent:monitor in nginx) */
+    int overflow;            /* ... held up to max_answer: more came, unread */
 };
 
 /* Argument errors, raised at the user's line: the first caller outside this module (the
@@ -562,6 +567,10 @@ void consul_check_nul(lua_State *L, const char *s, size_t n, int arg, const char
 int consul_op_call(lua_State *L, consul_client *c, consul_op *op, int box);
 /* The same over handle h (a lock's own, its client closed); c NULL: nothing recycled. */
 int consul_op_call_on(lua_State *L, consul_client *c, consul_http *h, consul_op *op, int box);
+/* 1 when a call here goes to the nginx driver (inside nginx, where the caller may yield). */
+int consul_op_async(lua_State *L);
+/* A sink cutting a stream's body into op->lines (sink_ud: the op). */
+int consul_op_lines_sink(void *ud, const char *p, size_t n);
 /* The results of a finished single call: result, err, meta. */
 int consul_op_results(lua_State *L, consul_op *op);
 void consul_push_meta(lua_State *L, const consul_resp *rs);

@@ -184,16 +184,16 @@ int consul_step_single(consul_mach *m, const consul_resp *rs)
     return consul_mach_done(m, rs->code, rs, NULL);
 }
 
-int consul_mach_run(consul_mach *m, consul_http *h, int64_t *requests, int64_t *connects)
+int consul_mach_run(consul_mach *m, consul_http *h, int count)
 {
     consul_resp rs;
     int act = m->step(m, NULL);
     while (act != CONSUL_DONE) {
         if (act == CONSUL_SEND) {
             consul_http_perform(h, &m->rq, &rs, &m->out);
-            if (requests != NULL) {
-                (*requests)++;
-                *connects += rs.connects;
+            if (count) {
+                __atomic_add_fetch(&m->conf->requests, 1, __ATOMIC_RELAXED);
+                __atomic_add_fetch(&m->conf->connects, rs.connects, __ATOMIC_RELAXED);
             }
             act = m->step(m, &rs);
         } else {

@@ -48,6 +48,11 @@ static void async_free(void *p)
 
 static void op_free(consul_op *op)
 {
+    if (op->drv != NULL) {
+        async_free(op->drv);
+        op->drv = NULL;
+    }
+    consul_lines_free(&op->lines);
     if (op->file != NULL)
         fclose(op->file);
     op->file = NULL;
@@ -726,6 +731,21 @@ static int results(lua_State *L, consul_op *op)
 
 /* ---- running ------------------------------------------------------------------- */
 
+int consul_op_async(lua_State *L)
+{
+    return ngx_mode && lua_isyieldable(L);
+}
+
+int consul_op_lines_sink(void *ud, const char *p, size_t n)
+{
+    consul_op *op = ud;
+    if (consul_lines_add(&op->lines, p, n) != 0) {
+        op->overflow = 1;  /* nobody reads: stop rather than hold without bound */
+        return 1;
+    }
+    return 0;
+}
+
 int consul_op_call(lua_State *L, consul_client *c, consul_op *op, int box)
 {
     if (c->closed)
@@ -761,10 +781,7 @@ int consul_op_call_on(lua_State *L, consul_client *c, consul_http *h, consul_op 
         lua_pushvalue(L, box);
         return 2;
     }
-    if (c != NULL)
-        consul_mach_run(&op->m, h, &c->requests, &c->connects);
-    else
-        consul_mach_run(&op->m, h, NULL, NULL);
+    consul_mach_run(&op->m, h, c != NULL);
     op->box = box;
     n = consul_op_results(L, op);
     op_recycle(c, b);
@@ -783,16 +800,9 @@ static consul_op *checkop(lua_State *L)
 
 static op_async *async_of(lua_State *L, consul_op *op)
 {
-    op_async *a;
-    if (op->m.ext != NULL && op->m.ext_free == async_free)
-        return op->m.ext;
-    if (op->m.ext != NULL)
-        luaL_error(L, "consul: this call cannot be driven from Lua");
-    if ((a = calloc(1, sizeof *a)) == NULL)
+    if (op->drv == NULL && (op->drv = calloc(1, sizeof(op_async))) == NULL)
         luaL_error(L, "not enough memory");
-    op->m.ext = a;
-    op->m.ext_free = async_free;
-    return a;
+    return op->drv;
 }
 
 /* _op.next(op) --> 1, head, body, ms (send) | 2, seconds (sleep) | 3 (done) */
@@ -814,6 +824,7 @@ static int aop_next(lua_State *L)
             return luaL_error(L, "not enough memory");
         consul_wire_begin(&a->wire, &a->rs, &op->m.out);
         a->pending = 1;
+        __atomic_add_fetch(&op->m.conf->requests, 1, __ATOMIC_RELAXED);
         lua_pushinteger(L, 1);
         lua_pushlstring(L, a->head.data, a->head.len);
         if (rq->body == NULL || rq->body_len == 0) {
@@ -893,7 +904,8 @@ static int aop_fail(lua_State *L)
     return 0;
 }
 
-/* _op.conn(op) --> host (or "unix:/path"), port, pool, https, server name, verify, connect ms */
+/* _op.conn(op) --> host (or "unix:/path"), port, pool, https, server name, verify, timeout ms,
+ * cert file, key file */
 static int aop_conn(lua_State *L)
 {
     consul_op *op = checkop(L);
@@ -918,7 +930,15 @@ static int aop_conn(lua_State *L)
         lua_pushnil(L);
     lua_pushboolean(L, cf->verify);
     lua_pushinteger(L, cf->timeout_ms);
-    return 7;
+    if (cf->cert_file != NULL)
+        lua_pushstring(L, cf->cert_file);
+    else
+        lua_pushnil(L);
+    if (cf->key_file != NULL)
+        lua_pushstring(L, cf->key_file);
+    else
+        lua_pushnil(L);
+    return 9;
 }
 
 /* _op.finish(op) --> the call's results */
@@ -936,6 +956,49 @@ static int aop_finish(lua_State *L)
     op_free(op);  /* the results are Lua's own copies */
     b->op = NULL;
     return n;
+}
+
+/* _op.status(op) --> the status of the answer being read, once its head is in (else nil) */
+static int aop_status(lua_State *L)
+{
+    consul_op *op = checkop(L);
+    op_async *a = async_of(L, op);
+    if (!a->pending || !consul_wire_head_done(&a->wire) || a->rs.status < 200)
+        return 0;
+    lua_pushinteger(L, a->rs.status);
+    return 1;
+}
+
+/* _op.line(op, partial) --> the next line of a stream, or nil (none yet; with partial, the
+ * rest); nil, err, meta when lines came faster than they were read, over max_answer */
+static int aop_line(lua_State *L)
+{
+    consul_op *op = checkop(L);
+    const char *line;
+    size_t n;
+    if (consul_lines_next(&op->lines, lua_toboolean(L, 2), &line, &n)) {
+        lua_pushlstring(L, line, n);
+        return 1;
+    }
+    if (op->overflow) {
+        consul_resp t;
+        char msg[512];
+        consul_resp_reset(&t);
+        consul_resp_fail(&t, CONSUL_EDECODE, "over %zu bytes of lines unread (max_answer)",
+                         op->lines.max);
+        consul_format_failure(msg, sizeof msg, "GET", op->m.rq.path, &t);
+        op->overflow = 0;
+        return consul_push_failure(L, msg, &t);
+    }
+    return 0;
+}
+
+/* _op.connected(op): the driver opened a new connection for it */
+static int aop_connected(lua_State *L)
+{
+    consul_op *op = checkop(L);
+    __atomic_add_fetch(&op->m.conf->connects, 1, __ATOMIC_RELAXED);
+    return 0;
 }
 
 static int aop_enable(lua_State *L)
@@ -961,6 +1024,9 @@ static const luaL_Reg aop_funcs[] = {
     { "conn", aop_conn },
     { "finish", aop_finish },
     { "enable", aop_enable },
+    { "status", aop_status },
+    { "connected", aop_connected },
+    { "line", aop_line },
     { "module_source", aop_module_source },
     { NULL, NULL }
 };

@@ -337,6 +337,8 @@ void consul_routes_open(lua_State *L)
     consul_kv_open(L);
     lua_pop(L, 1);
     consul_stream_open(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "_groups");                /* for the nginx driver (lua/consul/ngx.lua) */
     lua_setfield(L, LUA_REGISTRYINDEX, "consul.groups");
     lua_pushcfunction(L, consul_routes);
     lua_setfield(L, -2, "routes");

@@ -191,6 +191,15 @@ static char *dup_str(const char *s)
     return p;
 }
 
+/* The end of a monitor driven from Lua (nginx): its failure, or true when it just ended. */
+static int monitor_finish(lua_State *L, consul_op *op)
+{
+    if (op->m.last.code != CONSUL_OK)
+        return consul_push_op_failure(L, op);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* c.agent:monitor([opts]) --> stream, nil, nil, stream | nil, err, meta
  * for line in c.agent:monitor({loglevel = "debug"}) do ... end  (break closes it on 5.4) */
 static int agent_monitor(lua_State *L)
@@ -205,6 +214,16 @@ static int agent_monitor(lua_State *L)
     op->m.rq.method = "GET";
     consul_op_path(L, op, "/v1/agent/monitor");
     consul_op_opts(L, 2, op, 0);
+    if (consul_op_async(L)) {
+        /* nginx: the op is the stream; lua/consul/ngx.lua reads its lines over a cosocket */
+        op->m.rq.stream = 1;
+        op->m.rq.sink = consul_op_lines_sink;
+        op->m.rq.sink_ud = op;
+        op->lines.max = c->conf->max_answer;
+        op->answer = CONSUL_ANS_CUSTOM;
+        op->finish = monitor_finish;
+        return consul_op_call(L, c, op, 4);
+    }
     s = consul_newuserdata(L, sizeof *s);          /* 5 */
     memset(s, 0, sizeof *s);
     s->done = 1;

@@ -75,6 +75,11 @@ void consul_wire_begin(consul_wire *w, consul_resp *rs, consul_buf *out)
     consul_buf_reset(out);
 }
 
+int consul_wire_head_done(const consul_wire *w)
+{
+    return w->state != W_STATUS && w->state != W_HEADERS && w->state != W_FAILED;
+}
+
 void consul_wire_free(consul_wire *w)
 {
     consul_buf_free(&w->line);

@@ -45,4 +45,10 @@ function Client.with_semaphore(c, prefix, limit, opts, fn, ...)
 end
 
 
+-- Inside nginx (lua-nginx-module's http subsystem) calls go over cosockets where they may.
+if type(ngx) == "table" and type(ngx.config) == "table" and ngx.config.subsystem == "http" and
+   type(ngx.socket) == "table" and ngx.socket.tcp then
+  require("consul.ngx").install()
+end
+
 return _M

@@ -24,10 +24,13 @@ build = {
    type = "builtin",
    modules = {
       consul = "lua/consul.lua",
+      ["consul.ngx"] = "lua/consul/ngx.lua",
       ["consul.core"] = {
          sources = {
             "csrc/buf.c", "csrc/client.c", "csrc/http.c", "csrc/json.c", "csrc/kv.c",
-            "csrc/lock.c", "csrc/module.c", "csrc/renew.c", "csrc/routes.c", "csrc/semaphore.c", "csrc/session.c", "csrc/stream.c",
+            "csrc/lock.c", "csrc/mach.c", "csrc/module.c", "csrc/op.c", "csrc/renew.c",
+            "csrc/routes.c", "csrc/semaphore.c", "csrc/session.c", "csrc/stream.c",
+            "csrc/wire.c",
          },
          libraries = { "curl", "cjson", "pthread", "dl" },
          incdirs = { "$(CURL_INCDIR)", "$(CJSON_INCDIR)" },
