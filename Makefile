@@ -2,6 +2,7 @@
 #   make            build for Lua 5.4 and LuaJIT (installs missing Debian packages when root)
 #   make test       the spec suite on Lua 5.4 and LuaJIT against a throwaway Consul 1.8.7 agent
 #   make demo       the example against a throwaway agent
+#   make nginx-demo examples/nginx: two nginx nodes, a KV handler, a critical section, a leader job
 #   make bench      throughput against a raw libcurl loop
 #   make valgrind   the suite under valgrind;  make asan: the suite with ASan/UBSan
 #   make fuzz       each libFuzzer target (fuzz/) for FUZZ_SECONDS (60) under ASan/UBSan
@@ -26,7 +27,7 @@ BUSTED_LUA = /usr/bin/busted --output=utfTerminal --helper=spec/helpers/progress
 LUA54_INC  = -I/usr/include/lua5.4
 LUAJIT_INC = -I/usr/include/luajit-2.1
 
-.PHONY: all deps consul test test-54 test-jit demo bench valgrind asan fuzz fuzz-build install clean readme check-readme
+.PHONY: all deps consul test test-54 test-jit demo nginx-demo bench valgrind asan fuzz fuzz-build install clean readme check-readme
 
 all: deps build/5.4/consul/core.so build/jit/consul/core.so
 
@@ -78,6 +79,9 @@ test-jit: all consul
 
 demo: all consul
 	scripts/with-agent.sh env $(PATHS54) lua5.4 examples/demo.lua
+
+nginx-demo: all consul
+	scripts/with-agent.sh examples/nginx/demo.sh
 
 bench: all consul
 	@mkdir -p build/bench
