@@ -574,7 +574,9 @@ static int client_request(lua_State *L)
     consul_op_path(L, op, path);
     consul_op_opts(L, 4, op, 1);
     if (!lua_isnil(L, 4)) {
-        lua_getfield(L, 4, "query");
+        /* raw reads, as every option is read: no metamethod of the caller's runs meanwhile */
+        lua_pushliteral(L, "query");
+        lua_rawget(L, 4);
         if (!lua_isnil(L, -1)) {
             int q = lua_gettop(L);
             if (lua_type(L, q) != LUA_TTABLE)
@@ -602,10 +604,12 @@ static int client_request(lua_State *L)
             }
         }
         lua_pop(L, 1);
-        lua_getfield(L, 4, "headers");
+        lua_pushliteral(L, "headers");
+        lua_rawget(L, 4);
         build_headers(L, op, lua_gettop(L));
         lua_pop(L, 1);
-        lua_getfield(L, 4, "body");                    /* box + 1 */
+        lua_pushliteral(L, "body");
+        lua_rawget(L, 4);                              /* box + 1 */
         if (lua_type(L, -1) == LUA_TSTRING) {
             op->m.rq.body = lua_tolstring(L, -1, &op->m.rq.body_len);
             op->m.rq.content_type = "application/octet-stream";

@@ -357,6 +357,7 @@ struct consul_mach {
      * away mid-wait): what it holds must not leak. */
     void (*abandon)(consul_mach *m);
     int done;                /* it returned CONSUL_DONE */
+    int kept;                /* a failure is kept (last, msg): consul_mach_keep_failure */
 };
 
 /* Ready to use (zeroed first). Takes a reference to cf. */
@@ -373,6 +374,11 @@ int consul_mach_sendf(consul_mach *m, const char *method, const char *path, cons
                       const char *body, size_t blen, long wait_ms);
 /* Ends m: rc, with last = *rs (may be NULL) and msg (may be NULL: formatted from last). */
 int consul_mach_done(consul_mach *m, int rc, const consul_resp *rs, const char *msg);
+/* A failure for good that the machine goes on past (a release still ends its session):
+ * kept, with its message, to be what the machine answers in the end (the first one kept). */
+void consul_mach_keep_failure(consul_mach *m, const consul_resp *rs);
+/* Done: with the failure kept, if any, else CONSUL_OK with rs. */
+int consul_mach_done_kept(consul_mach *m, const consul_resp *rs);
 /* Parses rs's body into m->doc: 0 ok, or fails rs (code decode) and returns -1. */
 int consul_mach_parse(consul_mach *m, const consul_resp *rs);
 /* m's failure as one line, into out. */
@@ -506,6 +512,7 @@ enum consul_answer {
 #define CONSUL_CALL_ABSENT_OK 2    /* a 404 on this call is "absent" even if not a GET */
 #define CONSUL_CALL_EMPTY_BODY_OBJECT 4  /* no body given: send {} (Consul wants one) */
 #define CONSUL_CALL_HASH_INDEX 8   /* its index is a hash (event list): any uint64 */
+#define CONSUL_CALL_FINISH_ALL 16  /* CONSUL_ANS_CUSTOM: its finish shapes failures too */
 
 typedef struct consul_op consul_op;
 /* Pushes an op's results once its machine is done; returns how many. May raise (memory). */

@@ -515,9 +515,10 @@ static int map_error(consul_http *h, CURLcode rc, consul_resp *rs)
                                     "certificate required?): %s", hp, why);
         return consul_resp_fail(rs, CONSUL_ECLOSED, "%s closed the connection: %s", hp, why);
     case CURLE_OUT_OF_MEMORY:
-        if (sent > 0)  /* libcurl's word for an answer it would not hold */
-            return consul_resp_fail(rs, CONSUL_EDECODE, "%s: an answer libcurl refused: %s",
-                                    hp, why);
+        if (sent > 0)  /* libcurl's word for an answer it would not hold: a header line over
+                        * its own limit (100 KiB), before ours (CONSUL_MAX_HEAD) saw it */
+            return consul_resp_fail(rs, CONSUL_EDECODE, "%s: the answer's headers are too "
+                                    "large (a line over libcurl's 100 KiB)", hp);
         return consul_resp_fail(rs, CONSUL_ENOMEM, "out of memory");
     default:
         if (sent > 0 || rs->status > 0)
@@ -638,6 +639,8 @@ static int finish(consul_http *h, const consul_req *rq, CURLcode rc, consul_resp
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
     if (rs->status == 0)
         rs->status = status;
+    if (rs->status < 200)
+        rs->status = 0;  /* only an interim answer (100 Continue) came: no answer */
     h->rq = NULL;
     h->rs = NULL;
     h->out = NULL;

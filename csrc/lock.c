@@ -151,6 +151,13 @@ static int send_take(consul_mach *m)
     return send_take_guarded(m, 0, 0);
 }
 
+/* A take Consul refused for what a lock waits out (held, lock-delay, our guard's index):
+ * 1; refused for another reason (an ACL's "Permission denied"): 0, a failure. */
+static int take_refused(const consul_resp *rs)
+{
+    return rs->body == NULL || strstr(rs->body, "Permission denied") == NULL;
+}
+
 /* The ModifyIndex of the last result of a txn answer (the lock or unlock op's). */
 static int txn_index(consul_mach *m, const consul_resp *rs, uint64_t *mi)
 {
@@ -289,7 +296,7 @@ static int acq_step(consul_mach *m, const consul_resp *rs)
 
     case A_FAST: {
         uint64_t mi;
-        if (rs->status == 409) {
+        if (rs->status == 409 && take_refused(rs)) {
             /* the key changed since we left it (or is held, or in lock-delay): Go's way */
             consul_conf_key_drop(lk->conf, lk->path);
             return acq_next(m, 0);
@@ -350,7 +357,7 @@ static int acq_step(consul_mach *m, const consul_resp *rs)
     case A_TAKE: {
         cJSON *kv;
         uint64_t mi;
-        if (rs->status == 409) {
+        if (rs->status == 409 && take_refused(rs)) {
             /* refused: held, or lock-delay */
             if (a->wait_ms == 0)
                 return acq_timeout(m);
@@ -482,15 +489,19 @@ static int rel_step(consul_mach *m, const consul_resp *rs)
     }
     case R_RELEASE: {
         uint64_t mi;
-        if (rs->status == 409) {
+        if (rs->status == 409 && take_refused(rs)) {
             consul_conf_key_drop(lk->conf, lk->path);  /* not ours (any more): nothing to unlock */
+        } else if (rs->code != CONSUL_OK && consul_retryable(rs->code, rs->status)) {
+            return consul_mach_done(m, rs->code, rs, NULL);  /* to be tried again */
         } else if (rs->code != CONSUL_OK) {
-            return consul_mach_done(m, rs->code, rs, NULL);
+            /* refused for good (an ACL): the session still goes, which frees the key (after
+             * its lock-delay); the failure is what the release answers */
+            consul_mach_keep_failure(m, rs);
         } else if (lk->kind == CONSUL_KIND_LOCK && txn_index(m, rs, &mi) == 0) {
             consul_conf_key_put(lk->conf, lk->path, mi);
         }
         if (!lk->own_session)
-            return consul_mach_done(m, CONSUL_OK, rs, NULL);
+            return consul_mach_done_kept(m, rs);
         m->state = R_DESTROY;
         return consul_sess_destroy(m);
     }
@@ -499,7 +510,7 @@ static int rel_step(consul_mach *m, const consul_resp *rs)
             return consul_mach_done(m, rs->code, rs, NULL);  /* the session stays: retry */
         lk->session[0] = '\0';
         lk->own_session = 0;
-        return consul_mach_done(m, CONSUL_OK, rs, NULL);
+        return consul_mach_done_kept(m, rs);
     }
     return consul_mach_done(m, CONSUL_ENOMEM, NULL, "consul: release machine lost its way");
 }
@@ -553,7 +564,14 @@ static consul_client *lock_client(lua_State *L, int idx)
     return c != NULL && !c->closed ? c : NULL;
 }
 
-static int64_t opt_seconds_ms(lua_State *L, int idx, const char *name, int64_t dflt)
+/* A bad lock option: "bad argument #N to 'lock' (option 'x' ...)", at the user's line. */
+static void opt_error(lua_State *L, int arg, const char *name, const char *what)
+{
+    lua_pushfstring(L, "option '%s' %s", name, what);
+    consul_argerror(L, arg, lua_tostring(L, -1));  /* does not return */
+}
+
+static int64_t opt_seconds_ms(lua_State *L, int idx, int arg, const char *name, int64_t dflt)
 {
     int64_t ms = dflt;
     lua_pushstring(L, name);
@@ -561,15 +579,15 @@ static int64_t opt_seconds_ms(lua_State *L, int idx, const char *name, int64_t d
     if (lua_type(L, -1) == LUA_TNUMBER) {
         lua_Number s = lua_tonumber(L, -1);
         if (!(s >= 0 && s <= 86400 * 365))
-            consul_error(L, "bad option '%s' (seconds >= 0 expected)", name);
+            opt_error(L, arg, name, "must be 0 or more seconds (at most a year)");
         ms = (int64_t)(s * 1000 + 0.5);
     } else if (lua_type(L, -1) == LUA_TSTRING) {
         ms = consul_rawlen(L, -1) < 64 ? consul_duration_ms(lua_tostring(L, -1)) : -1;
         if (ms < 0 || ms > (int64_t)86400 * 365 * 1000 ||
             strlen(lua_tostring(L, -1)) != consul_rawlen(L, -1))
-            consul_error(L, "bad option '%s' (a duration like \"15s\" expected)", name);
+            opt_error(L, arg, name, "must be a duration like \"15s\"");
     } else if (!lua_isnil(L, -1)) {
-        consul_error(L, "bad option '%s' (seconds or a duration expected)", name);
+        opt_error(L, arg, name, "must be seconds or a duration like \"15s\"");
     }
     lua_pop(L, 1);
     return ms;
@@ -580,23 +598,26 @@ static const char *const lock_options[] = { "wait", "value", "session", "ttl", "
 /* lock:acquire again: the lock's own definition stays; only how long to wait is new */
 static const char *const acquire_options[] = { "wait", NULL };
 
-static void check_names(lua_State *L, int idx, const char *const *names)
+static void check_names(lua_State *L, int idx, int arg, const char *const *names)
 {
     lua_pushnil(L);
     while (lua_next(L, idx) != 0) {
         int i, known = 0;
         lua_pop(L, 1);
-        if (lua_type(L, -1) == LUA_TSTRING)
-            for (i = 0; names[i] != NULL && !known; i++)
-                known = strcmp(names[i], lua_tostring(L, -1)) == 0;
-        if (!known)
-            consul_error(L, "bad option '%s' (unknown option)",
-                         lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
+        if (lua_type(L, -1) != LUA_TSTRING)
+            consul_argerror(L, arg, "option names must be strings");
+        for (i = 0; names[i] != NULL && !known; i++)
+            known = strcmp(names[i], lua_tostring(L, -1)) == 0;
+        if (!known) {
+            lua_pushfstring(L, "unknown option '%s'", lua_tostring(L, -1));
+            consul_argerror(L, arg, lua_tostring(L, -1));
+        }
     }
 }
 
-/* Reads the options at idx into lk (raises on bad ones); returns wait in ms (-1: for ever). */
-static int64_t lock_configure(lua_State *L, int idx, consul_lock *lk, int first)
+/* Reads the options at idx (the caller's argument arg) into lk (raises on bad ones);
+ * returns wait in ms (-1: for ever). */
+static int64_t lock_configure(lua_State *L, int idx, int arg, consul_lock *lk, int first)
 {
     int64_t wait_ms = -1;
     size_t n;
@@ -613,14 +634,17 @@ static int64_t lock_configure(lua_State *L, int idx, consul_lock *lk, int first)
         }
         return -1;
     }
-    consul_checktype(L, idx, LUA_TTABLE);
-    check_names(L, idx, first ? lock_options : acquire_options);
+    if (lua_type(L, idx) != LUA_TTABLE) {
+        lua_pushfstring(L, "table expected, got %s", luaL_typename(L, idx));
+        consul_argerror(L, arg, lua_tostring(L, -1));
+    }
+    check_names(L, idx, arg, first ? lock_options : acquire_options);
     lua_pushliteral(L, "wait");
     lua_rawget(L, idx);
     if (!lua_isnil(L, -1)) {
         lua_Number w = lua_tonumber(L, -1);
         if (lua_type(L, -1) != LUA_TNUMBER || !(w >= 0))
-            consul_error(L, "bad option 'wait' (seconds >= 0 expected)");
+            opt_error(L, arg, "wait", "must be 0 or more seconds (math.huge: for ever)");
         wait_ms = w >= 1e12 ? -1 : (int64_t)(w * 1000 + 0.5);  /* math.huge: for ever */
     }
     lua_pop(L, 1);
@@ -631,7 +655,7 @@ static int64_t lock_configure(lua_State *L, int idx, consul_lock *lk, int first)
     lua_rawget(L, idx);
     if (!lua_isnil(L, -1)) {
         if (lua_type(L, -1) != LUA_TSTRING)
-            consul_error(L, "bad option 'value' (string expected)");
+            opt_error(L, arg, "value", "must be a string");
         s = lua_tolstring(L, -1, &n);
         if ((lk->value = malloc(n + 1)) == NULL)
             consul_error(L, "not enough memory");
@@ -644,7 +668,7 @@ static int64_t lock_configure(lua_State *L, int idx, consul_lock *lk, int first)
     if (!lua_isnil(L, -1)) {
         s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
         if (s == NULL || !consul_valid_id(s, n) || n >= sizeof lk->session)
-            consul_error(L, "bad option 'session' (a session ID expected)");
+            opt_error(L, arg, "session", "must be a session ID");
         memcpy(lk->session, s, n + 1);
         lk->own_session = 0;
     }
@@ -655,26 +679,26 @@ static int64_t lock_configure(lua_State *L, int idx, consul_lock *lk, int first)
         s = "Lua lock";
         n = 8;
     } else if (lua_type(L, -1) != LUA_TSTRING) {
-        consul_error(L, "bad option 'name' (string expected)");
+        opt_error(L, arg, "name", "must be a string");
         n = 0, s = NULL;  /* not reached */
     } else {
         s = lua_tolstring(L, -1, &n);
         if (memchr(s, '\0', n) != NULL || n > 1024)
-            consul_error(L, "bad option 'name' (a string without NUL bytes expected)");
+            opt_error(L, arg, "name", "must be a string without NUL bytes (1 KiB at most)");
     }
     if ((lk->name = malloc(n + 1)) == NULL)
         consul_error(L, "not enough memory");
     memcpy(lk->name, s, n + 1);
     lua_pop(L, 1);
-    lk->ttl_def_ms = opt_seconds_ms(L, idx, "ttl", 15000);
-    lk->lock_delay_ms = opt_seconds_ms(L, idx, "lock_delay", 15000);
+    lk->ttl_def_ms = opt_seconds_ms(L, idx, arg, "ttl", 15000);
+    lk->lock_delay_ms = opt_seconds_ms(L, idx, arg, "lock_delay", 15000);
     lua_pushliteral(L, "behavior");
     lua_rawget(L, idx);
     /* Go's semaphores use "delete": a dead holder's contender key goes with its session. */
     s = lua_isnil(L, -1) ? (lk->kind == CONSUL_KIND_SEMAPHORE ? "delete" : "release")
         : lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
     if (s == NULL || (strcmp(s, "release") != 0 && strcmp(s, "delete") != 0))
-        consul_error(L, "bad option 'behavior' (\"release\" or \"delete\" expected)");
+        opt_error(L, arg, "behavior", "must be \"release\" or \"delete\"");
     lk->behavior_delete = strcmp(s, "delete") == 0;
     lua_pop(L, 1);
     return wait_ms;
@@ -783,8 +807,9 @@ static int run_acquire(lua_State *L, int ud, consul_lock *lk, int64_t wait_ms)
     return lock_op_call(L, c, op, lk);
 }
 
-/* The lock object for c:lock and c:semaphore: key at 2, options at opts. */
-static int new_lock(lua_State *L, int kind, int limit, int opts)
+/* The lock object for c:lock and c:semaphore: key at 2, options at opts (the caller's
+ * argument optarg). */
+static int new_lock(lua_State *L, int kind, int limit, int opts, int optarg)
 {
     consul_client *c = consul_checkclient(L, 1);
     lock_ud *u;
@@ -833,7 +858,7 @@ static int new_lock(lua_State *L, int kind, int limit, int opts)
     lk->path = path.data;  /* ownership moves to the lock */
     if (path.len > CONSUL_MAX_LOCK_PATH)
         return consul_argerror(L, 2, "key too long (over 1000 bytes once escaped)");
-    wait_ms = lock_configure(L, opts, lk, 1);
+    wait_ms = lock_configure(L, opts, optarg, lk, 1);
     lua_replace(L, 1);
     lua_settop(L, 1);
     return run_acquire(L, 1, lk, wait_ms);
@@ -842,7 +867,7 @@ static int new_lock(lua_State *L, int kind, int limit, int opts)
 /* c:lock(key[, opts]) --> lock | nil, err, meta */
 static int client_lock(lua_State *L)
 {
-    return new_lock(L, CONSUL_KIND_LOCK, 1, 3);
+    return new_lock(L, CONSUL_KIND_LOCK, 1, 3, 3);
 }
 
 /* c:semaphore(prefix, limit[, opts]) --> semaphore | nil, err, meta */
@@ -860,7 +885,7 @@ static int client_semaphore(lua_State *L)
     if ((lua_Number)limit != n)
         return consul_argerror(L, 3, "number has no integer representation");
     lua_remove(L, 3);
-    return new_lock(L, CONSUL_KIND_SEMAPHORE, limit, 3);
+    return new_lock(L, CONSUL_KIND_SEMAPHORE, limit, 3, 4);
 }
 
 /* The end of a release: true, or nil, err, meta (meta.pending: the renewer goes on). */
@@ -896,7 +921,7 @@ static int lock_acquire(lua_State *L)
     consul_checkargs(L, 2, "options expected");
     if (consul_renew_exiting())
         return exiting_failure(L, lk);
-    wait_ms = lock_configure(L, 2, lk, 0);
+    wait_ms = lock_configure(L, 2, 2, lk, 0);
     if (consul_lock_held(lk))
         return lua_settop(L, 1), 1;
     if (lk->busy)

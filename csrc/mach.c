@@ -25,6 +25,7 @@ void consul_mach_init(consul_mach *m, consul_conf *cf)
     m->conf = consul_conf_retain(cf);
     m->hard = CONSUL_NEVER;
     m->done = 0;
+    m->kept = 0;
     m->abandon = NULL;
     m->state = 0;
     m->rc = CONSUL_OK;
@@ -85,6 +86,22 @@ int consul_mach_done(consul_mach *m, int rc, const consul_resp *rs, const char *
     else if (msg == NULL)
         m->msg[0] = '\0';
     return CONSUL_DONE;
+}
+
+void consul_mach_keep_failure(consul_mach *m, const consul_resp *rs)
+{
+    if (m->kept)
+        return;
+    m->kept = 1;
+    m->last = *rs;
+    consul_format_failure(m->msg, sizeof m->msg, m->rq.method, m->rq.path, rs);
+}
+
+int consul_mach_done_kept(consul_mach *m, const consul_resp *rs)
+{
+    if (m->kept)
+        return consul_mach_done(m, m->last.code, &m->last, m->msg);
+    return consul_mach_done(m, CONSUL_OK, rs, NULL);
 }
 
 void consul_mach_message(const consul_mach *m, char *out, size_t n)

@@ -539,10 +539,15 @@ int consul_push_op_failure(lua_State *L, consul_op *op)
     return consul_push_failure(L, msg, &op->m.last);
 }
 
-/* The op's answer is not of the shape its call expects. */
+/* The op's answer is not of the shape its call expects (-code: why is in the error). */
 static int decode_failure(lua_State *L, consul_op *op, int code)
 {
     consul_resp *rs = &op->m.last;
+    if (code < 0) {
+        rs->code = -code;
+        op->m.msg[0] = '\0';
+        return consul_push_op_failure(L, op);
+    }
     rs->code = code;
     if (code == CONSUL_ETIMEOUT)
         snprintf(rs->error, sizeof rs->error, "decoding the answer ran past the timeout");
@@ -556,9 +561,28 @@ static int decode_failure(lua_State *L, consul_op *op, int code)
 
 /* ---- results ----------------------------------------------------------------- */
 
+/* Values in a JSON text, at most (an over-count: every comma, bracket and brace): a large
+ * answer may hold at most one value per 32 bytes of max_answer, so that its parse (cJSON:
+ * a node per value, without a clock to look at) is bounded in memory and time too. */
+static size_t json_values(const char *p, size_t n)
+{
+    size_t i, count = 1;
+    for (i = 0; i < n; i++)
+        count += p[i] == ',' || p[i] == '[' || p[i] == '{';
+    return count;
+}
+
 static int parse(consul_op *op)
 {
     consul_resp *rs = &op->m.last;
+    size_t cap = op->m.conf->max_answer / 32;
+    if (consul_now_ms() > op->deadline)
+        return CONSUL_ETIMEOUT;
+    if (rs->body_len > ((size_t)1 << 20) && json_values(rs->body, rs->body_len) > cap) {
+        snprintf(rs->error, sizeof rs->error, "an answer of over %zu values (max_answer / 32)",
+                 cap);
+        return -CONSUL_EDECODE;
+    }
     if (consul_json_parse(&op->m.doc, rs->body, rs->body_len) != 0)
         return CONSUL_EDECODE;
     return consul_now_ms() > op->deadline ? CONSUL_ETIMEOUT : CONSUL_OK;
@@ -609,8 +633,9 @@ static int results(lua_State *L, consul_op *op)
     const char *method = op->m.rq.method;
     cJSON *root;
 
-    if (op->answer == CONSUL_ANS_CUSTOM && op->m.step != consul_step_single)
-        return op->finish(L, op);  /* a machine's: it says what its end means */
+    if (op->answer == CONSUL_ANS_CUSTOM &&
+        (op->m.step != consul_step_single || (op->flags & CONSUL_CALL_FINISH_ALL)))
+        return op->finish(L, op);  /* a machine's, or a call's own: it says what its end means */
     if (op->m.rc != CONSUL_OK && op->m.msg[0] != '\0')
         return consul_push_op_failure(L, op);  /* the machine's own failure */
     absent_ok = rs->status == 404 &&
@@ -893,7 +918,11 @@ static int aop_fail(lua_State *L)
     const char *why = luaL_optstring(L, 3, "");
     if (!a->pending)
         return luaL_error(L, "consul: no request is waiting for an answer");
-    consul_resp_reset(&a->rs);
+    {
+        long status = a->rs.status >= 200 ? a->rs.status : 0;  /* an interim 1xx is no answer */
+        consul_resp_reset(&a->rs);
+        a->rs.status = status;
+    }
     if (w == 3)
         consul_resp_fail(&a->rs, CONSUL_ETLS, "TLS with %s: %s", op->m.conf->hostport, why);
     else if (w == 0)
@@ -988,6 +1017,8 @@ static int aop_line(lua_State *L)
                          op->lines.max);
         consul_format_failure(msg, sizeof msg, "GET", op->m.rq.path, &t);
         op->overflow = 0;
+        consul_lines_free(&op->lines);  /* the stream ends here: no partial line after it */
+        op->lines.max = 0;
         return consul_push_failure(L, msg, &t);
     }
     return 0;

@@ -489,8 +489,12 @@ static int semrel_step(consul_mach *m, const consul_resp *rs)
     case SR_READ:
         if (rs->status == 404)
             return send_delete(m);
-        if (rs->code != CONSUL_OK)
-            return consul_mach_done(m, rs->code, rs, NULL);
+        if (rs->code != CONSUL_OK && consul_retryable(rs->code, rs->status))
+            return consul_mach_done(m, rs->code, rs, NULL);  /* to be tried again */
+        if (rs->code != CONSUL_OK) {
+            consul_mach_keep_failure(m, rs);  /* for good (an ACL): the rest still goes */
+            return send_delete(m);
+        }
         if (consul_mach_parse(m, rs) != 0 || !cJSON_IsArray(m->doc.root) ||
             (rec = m->doc.root->child) == NULL)
             return send_delete(m);
@@ -503,8 +507,12 @@ static int semrel_step(consul_mach *m, const consul_resp *rs)
         return send_cas(m, s);
 
     case SR_CAS:
-        if (rs->code != CONSUL_OK)
+        if (rs->code != CONSUL_OK && consul_retryable(rs->code, rs->status))
             return consul_mach_done(m, rs->code, rs, NULL);
+        if (rs->code != CONSUL_OK) {
+            consul_mach_keep_failure(m, rs);
+            return send_delete(m);
+        }
         if (answered_true(rs) || ++x->races >= 16)
             return send_delete(m);  /* out of the holders (or pruned by the next one) */
         if (leaf_path(m, ".lock") != 0)
@@ -513,10 +521,12 @@ static int semrel_step(consul_mach *m, const consul_resp *rs)
         return consul_mach_send(m, "GET", NULL, 0, 0);
 
     case SR_DELETE:
-        if (rs->code != CONSUL_OK)
+        if (rs->code != CONSUL_OK && consul_retryable(rs->code, rs->status))
             return consul_mach_done(m, rs->code, rs, NULL);
+        if (rs->code != CONSUL_OK)
+            consul_mach_keep_failure(m, rs);  /* its session's end deletes it (Behavior) */
         if (!lk->own_session)
-            return consul_mach_done(m, CONSUL_OK, rs, NULL);
+            return consul_mach_done_kept(m, rs);
         m->state = SR_DESTROY;
         return consul_sess_destroy(m);
 
@@ -525,7 +535,7 @@ static int semrel_step(consul_mach *m, const consul_resp *rs)
             return consul_mach_done(m, rs->code, rs, NULL);
         lk->session[0] = '\0';
         lk->own_session = 0;
-        return consul_mach_done(m, CONSUL_OK, rs, NULL);
+        return consul_mach_done_kept(m, rs);
     }
     return oom(m);
 }

@@ -108,6 +108,7 @@ static int read_line(lua_State *L, stream *s, int64_t timeout_ms)
                 consul_format_failure(msg, sizeof msg, "GET", s->path, &t);
                 s->overflow = 0;
                 s->done = 1;
+                consul_lines_free(&s->lines);  /* the stream ends here: nothing after it */
                 return consul_push_failure(L, msg, &t);
             }
             if (pop_line(L, s, 1))

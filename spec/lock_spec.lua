@@ -254,10 +254,10 @@ describe("consul locks", function()
     it("unknown or bad options raise at the caller's line", function()
       local key = P .. "opts/bad/.lock"
       local raises = util.raises
-      raises("bad option 'bogus'", function() c:lock(key, { bogus = 1 }) end)
-      raises("bad option 'wait'", function() c:lock(key, { wait = -1 }) end)
-      raises("bad option 'behavior'", function() c:lock(key, { behavior = "x" }) end)
-      raises("bad option 'ttl'", function() c:lock(key, { ttl = {} }) end)
+      raises("bad argument #2 to 'lock' %(unknown option 'bogus'%)", function() c:lock(key, { bogus = 1 }) end)
+      raises("bad argument #2 to 'lock' %(option 'wait' must be", function() c:lock(key, { wait = -1 }) end)
+      raises("bad argument #2 to 'lock' %(option 'behavior' must be", function() c:lock(key, { behavior = "x" }) end)
+      raises("bad argument #2 to 'lock' %(option 'ttl' must be", function() c:lock(key, { ttl = {} }) end)
       raises("string expected", function() c:lock(42) end)
       assert.is_nil(holder(key))
     end)
@@ -653,13 +653,13 @@ describe("consul locks", function()
       function()
         local key = P .. "checked/.lock"
         assert.has_error(function() c:lock(key, { name = "job\0" }) end,
-          "bad option 'name' (a string without NUL bytes expected)")
+          "bad argument #2 to 'lock' (option 'name' must be a string without NUL bytes (1 KiB at most))")
         assert.has_error(function() c:lock(key, { name = 5 }) end,
-          "bad option 'name' (string expected)")
+          "bad argument #2 to 'lock' (option 'name' must be a string)")
         local lock = assert(c:lock(key, { wait = math.huge }))  -- math.huge: wait for ever
         defer(function() lock:release() end)
         assert.is_true(lock:release())
-        assert.has_error(function() lock:acquire({ ttl = 20 }) end, "bad option 'ttl' (unknown option)")
+        assert.has_error(function() lock:acquire({ ttl = 20 }) end, "bad argument #1 to 'acquire' (unknown option 'ttl')")
         assert(lock:acquire({ wait = 1 }))
         assert.is_true(lock:release())
         local long = P .. "checked/" .. ("\226\130\172"):rep(120)  -- 360 bytes, 1080 escaped
