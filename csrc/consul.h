@@ -448,6 +448,7 @@ void consul_lock_unref(consul_lock *lk);
 int consul_lock_handle(consul_lock *lk, consul_http *h);  /* makes h when needed; 0 ok */
 void consul_lock_free_handles(consul_lock *lk);           /* not while registered */
 int consul_lock_held(consul_lock *lk);
+int64_t consul_lock_lease(const consul_lock *lk);  /* ms; 0 none */
 /* The key for a message: printable, cut when long. */
 const char *consul_lock_name(const consul_lock *lk, char *out, size_t n);
 

@@ -282,7 +282,7 @@ static int acq_step(consul_mach *m, const consul_resp *rs)
             m->state = A_CREATE;
             return consul_sess_create(m);
         }
-        a->next_renew = LOAD(&lk->lease_ms) + LOAD(&lk->ttl_ms) / 2;
+        a->next_renew = LOAD(&lk->lease_ms) + consul_lock_lease(lk) / 2;
         return acq_begin(m);
 
     case A_CREATE:
@@ -291,7 +291,7 @@ static int acq_step(consul_mach *m, const consul_resp *rs)
         if (consul_sess_created(m, rs) != 0)
             return consul_mach_done(m, m->last.code, NULL, NULL);
         a->created = 1;
-        a->next_renew = LOAD(&lk->lease_ms) + LOAD(&lk->ttl_ms) / 2;
+        a->next_renew = LOAD(&lk->lease_ms) + consul_lock_lease(lk) / 2;
         return acq_begin(m);
 
     case A_FAST: {
@@ -323,7 +323,7 @@ static int acq_step(consul_mach *m, const consul_resp *rs)
         if (rs->code != CONSUL_OK)
             return acq_failed(m, rs);
         consul_sess_renewed(m, rs, m->sent);
-        a->next_renew = m->sent + LOAD(&lk->ttl_ms) / 2;
+        a->next_renew = m->sent + consul_lock_lease(lk) / 2;
         return acq_next(m, 0);
 
     case A_READ:
@@ -1045,10 +1045,286 @@ static int lock_tostring(lua_State *L)
     return 1;
 }
 
+/* ---- guarded writes: lock:put, lock:delete, lock:txn --------------------------------
+ *
+ * One transaction that begins with check-session of the lock's key (a semaphore's: its
+ * contender key) for the lock's session: Consul applies the writes only if the lock is held
+ * at the moment it applies them, whatever the clocks, the lock-delay or the faults did. The
+ * check's own result (op 0) is not handed back: the caller's ops keep their own numbers. */
+
+enum { G_PUT, G_DELETE, G_TXN, G_CAS = 16 /* put or delete with a cas */ };
+
+/* The check-session op, then a comma: the start of a guarded transaction's body. */
+static int guard_op(consul_lock *lk, consul_buf *b)
+{
+    if (consul_buf_adds(b, "[{\"KV\":{\"Verb\":\"check-session\",\"Key\":") != 0)
+        return -1;
+    if (lk->kind == CONSUL_KIND_SEMAPHORE) {
+        /* prefix/<session>: the key holds the prefix without its slash */
+        consul_buf k = CONSUL_BUF_INIT;
+        int rc = consul_buf_add(&k, lk->key, lk->key_len) != 0 || consul_buf_add(&k, "/", 1) != 0 ||
+                 consul_buf_adds(&k, lk->session) != 0 ||
+                 consul_buf_add_json_string(b, k.data, k.len) != 0;
+        consul_buf_free(&k);
+        if (rc)
+            return -1;
+    } else if (consul_buf_add_json_string(b, lk->key, lk->key_len) != 0) {
+        return -1;
+    }
+    return consul_buf_adds(b, ",\"Session\":") != 0 ||
+                   consul_buf_add_json_string(b, lk->session, strlen(lk->session)) != 0 ||
+                   consul_buf_adds(b, "}},") != 0
+               ? -1
+               : 0;
+}
+
+/* The end of a guarded write: true (put, delete) or the caller's results (txn); the lock not
+ * held any more when Consul applied it: nil, err, {code = "lost"}, and the lock is lost. */
+static int guarded_finish(lua_State *L, consul_op *op)
+{
+    consul_lock *lk = op->m.lk;
+    consul_resp *rs = &op->m.last;
+    consul_json *d = &op->m.doc;
+    cJSON *e, *results;
+    char name[256], msg[1024];
+    int kind = op->json_flags >> 8;
+
+    if (rs->code != CONSUL_OK && rs->status != 409)
+        return consul_push_op_failure(L, op);
+    if (consul_json_parse(d, rs->body, rs->body_len) != 0 || !cJSON_IsObject(d->root)) {
+        rs->code = CONSUL_EDECODE;
+        snprintf(rs->error, sizeof rs->error, "malformed JSON answer");
+        op->m.msg[0] = '\0';
+        return consul_push_op_failure(L, op);
+    }
+    if (rs->status == 409) {
+        cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(d->root, "Errors")) {
+            cJSON *oi = cJSON_GetObjectItemCaseSensitive(e, "OpIndex");
+            size_t n;
+            const char *what = consul_json_field_str(d, e, "What", &n);
+            if (cJSON_IsNumber(oi) && oi->valuedouble == 0 && what != NULL &&
+                strstr(what, "Permission denied") == NULL) {
+                /* the guard refused: the lock is not ours at the moment Consul looked */
+                STORE(&lk->lost, 1);
+                snprintf(msg, sizeof msg, "consul: %s %s: not held when the write came (%.300s)",
+                         lk->kind == CONSUL_KIND_SEMAPHORE ? "semaphore" : "lock",
+                         consul_lock_name(lk, name, sizeof name), what);
+                rs->code = CONSUL_ELOST;
+                return consul_push_failure(L, msg, rs);
+            }
+        }
+        /* put/delete with a cas whose index is stale: false, as kv:put and kv:delete say it */
+        if ((kind & G_CAS) != 0) {
+            cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(d->root, "Errors")) {
+                size_t n;
+                const char *what = consul_json_field_str(d, e, "What", &n);
+                if (what != NULL && strstr(what, "index is stale") != NULL) {
+                    lua_pushboolean(L, 0);
+                    lua_pushnil(L);
+                    consul_push_meta(L, rs);
+                    return 3;
+                }
+            }
+        }
+        /* a write of the caller's refused (an ACL, a txn op): its own op number */
+        {
+            size_t used = 0;
+            used += (size_t)snprintf(msg, sizeof msg, "consul: PUT /v1/txn: 409");
+            cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(d->root, "Errors")) {
+                cJSON *oi = cJSON_GetObjectItemCaseSensitive(e, "OpIndex");
+                size_t n;
+                const char *what = consul_json_field_str(d, e, "What", &n);
+                int i = cJSON_IsNumber(oi) && oi->valuedouble >= 1 && oi->valuedouble < 1e6
+                            ? (int)oi->valuedouble - 1 : 0;
+                if (used < sizeof msg - 1)
+                    used += (size_t)snprintf(msg + used, sizeof msg - used, "%s op %d: %.200s",
+                                             used > 25 ? ";" : "", i, what != NULL ? what : "?");
+            }
+            rs->code = CONSUL_EHTTP;
+            return consul_push_failure(L, msg, rs);
+        }
+    }
+    if ((kind & ~G_CAS) != G_TXN) {
+        lua_pushboolean(L, 1);
+    } else {
+        int rc;
+        results = cJSON_GetObjectItemCaseSensitive(d->root, "Results");
+        if (cJSON_IsArray(results) && results->child != NULL)
+            cJSON_DeleteItemFromArray(results, 0);  /* the guard's own result */
+        rc = consul_json_push(L, d, d->root, CONSUL_JSON_B64VALUE, op->deadline);
+        if (rc != CONSUL_OK) {
+            rs->code = rc;
+            snprintf(rs->error, sizeof rs->error, "an answer of the wrong shape");
+            op->m.msg[0] = '\0';
+            return consul_push_op_failure(L, op);
+        }
+    }
+    lua_pushnil(L);
+    consul_push_meta(L, rs);
+    return 3;
+}
+
+static int guarded(lua_State *L, int kind)
+{
+    consul_lock *lk = checklock(L, 1);
+    consul_client *c;
+    consul_op *op;
+    consul_buf *b;
+    size_t klen = 0, vlen = 0;
+    const char *key = NULL, *value = NULL;
+    int nargs = kind == G_PUT ? 4 : 3, box;
+    uint64_t cas = 0, flags = 0;
+    int has_cas = 0, has_flags = 0, recurse = 0;
+
+    consul_checkargs(L, nargs, kind == G_PUT ? "key, value and options expected"
+                               : kind == G_DELETE ? "key and options expected"
+                                                  : "ops and options expected");
+    lua_settop(L, nargs);
+    if (kind != G_TXN) {
+        key = consul_checkstring(L, 2, &klen);
+        while (klen > 0 && *key == '/')
+            key++, klen--;  /* "/a" is "a", as kv:put has it */
+        if (klen == 0)
+            return consul_argerror(L, 2, "a non-empty key expected");
+    } else {
+        consul_checktype(L, 2, LUA_TTABLE);
+        if (consul_rawlen(L, 2) == 0)
+            return consul_argerror(L, 2, "an array of transaction operations expected");
+    }
+    if (kind == G_PUT)
+        value = consul_checkstring(L, 3, &vlen);
+    if (!lua_isnil(L, nargs)) {
+        /* opts: put takes cas and flags; delete cas and recurse; txn none */
+        static const char *const put_opts[] = { "cas", "flags", NULL };
+        static const char *const del_opts[] = { "cas", "recurse", NULL };
+        static const char *const txn_opts[] = { NULL };
+        const char *const *names = kind == G_PUT ? put_opts : kind == G_DELETE ? del_opts : txn_opts;
+        if (lua_type(L, nargs) != LUA_TTABLE)
+            return consul_argerror(L, nargs, "options table expected");
+        check_names(L, nargs, nargs, names);
+        lua_pushliteral(L, "cas");
+        lua_rawget(L, nargs);
+        if (!lua_isnil(L, -1)) {
+            if (consul_to_u64(L, -1, &cas, 0) != 0)
+                opt_error(L, nargs, "cas", "must be a non-negative integer (or a decimal string)");
+            has_cas = 1;
+        }
+        lua_pop(L, 1);
+        lua_pushliteral(L, "flags");
+        lua_rawget(L, nargs);
+        if (!lua_isnil(L, -1)) {
+            if (consul_to_u64(L, -1, &flags, 1) != 0)
+                opt_error(L, nargs, "flags", "must be an integer (or a decimal string)");
+            has_flags = 1;
+        }
+        lua_pop(L, 1);
+        lua_pushliteral(L, "recurse");
+        lua_rawget(L, nargs);
+        if (!lua_isnil(L, -1)) {
+            if (lua_type(L, -1) != LUA_TBOOLEAN)
+                opt_error(L, nargs, "recurse", "must be a boolean");
+            recurse = lua_toboolean(L, -1);
+        }
+        lua_pop(L, 1);
+        if (recurse && has_cas)
+            opt_error(L, nargs, "cas", "does not go with recurse (Consul deletes a tree without one)");
+    }
+    if (lk->session[0] == '\0' || !LOAD(&lk->held) || LOAD(&lk->lost)) {
+        /* released, never held, or seen lost: nothing for Consul to check (a lease that ran
+         * out is Consul's to judge: the write goes) */
+        consul_resp t;
+        char name[256], msg[512];
+        consul_resp_reset(&t);
+        t.code = CONSUL_ELOST;
+        snprintf(msg, sizeof msg, "consul: %s %s: not held",
+                 lk->kind == CONSUL_KIND_SEMAPHORE ? "semaphore" : "lock",
+                 consul_lock_name(lk, name, sizeof name));
+        return consul_push_failure(L, msg, &t);
+    }
+    {
+        consul_client tmp;
+        c = lock_client(L, 1);                     /* nargs + 1 */
+        if (c == NULL) {
+            memset(&tmp, 0, sizeof tmp);
+            tmp.conf = lk->conf;
+            op = consul_op_new(L, &tmp);           /* nargs + 2 */
+        } else {
+            op = consul_op_new(L, c);
+        }
+    }
+    box = lua_gettop(L);
+    consul_lock_retain(lk);
+    op->m.lk = lk;
+    op->answer = CONSUL_ANS_CUSTOM;
+    op->flags = CONSUL_CALL_FINISH_ALL;
+    op->json_flags = (kind | (has_cas ? G_CAS : 0)) << 8;  /* (which write, for the finish) */
+    op->finish = guarded_finish;
+    op->m.rq.method = "PUT";
+    consul_op_path(L, op, "/v1/txn");
+    b = &op->m.body;
+    if (guard_op(lk, b) != 0)
+        return consul_error(L, "not enough memory");
+    if (kind == G_TXN) {
+        /* "[guard}}," then the caller's "[a,b]" in the op's own buffer (encoding may raise),
+         * its bracket dropped: "[guard},a,b]" */
+        size_t at = b->len;
+        consul_json_encode(L, 2, 2, b, CONSUL_JSON_B64VALUE);
+        if (b->len < at + 2 || b->data[at] != '[')
+            return consul_argerror(L, 2, "an array of transaction operations expected");
+        memmove(b->data + at, b->data + at + 1, b->len - at - 1);
+        b->len--;
+        b->data[b->len] = '\0';
+    } else {
+        const char *verb = kind == G_PUT ? (has_cas ? "cas" : "set")
+                         : recurse ? "delete-tree" : has_cas ? "delete-cas" : "delete";
+        if (consul_buf_addf(b, "{\"KV\":{\"Verb\":\"%s\",\"Key\":", verb) != 0 ||
+            consul_buf_add_json_string(b, key, klen) != 0 ||
+            (has_cas && consul_buf_addf(b, ",\"Index\":%llu", (unsigned long long)cas) != 0) ||
+            (has_flags && consul_buf_addf(b, ",\"Flags\":%llu", (unsigned long long)flags) != 0) ||
+            (kind == G_PUT && (consul_buf_adds(b, ",\"Value\":\"") != 0 ||
+                               consul_buf_add_base64(b, (const unsigned char *)value, vlen) != 0 ||
+                               consul_buf_adds(b, "\"") != 0)) ||
+            consul_buf_adds(b, "}}]") != 0)
+            return consul_error(L, "not enough memory");
+    }
+    op->m.rq.body = b->data;
+    op->m.rq.body_len = b->len;
+    op->m.rq.content_type = "application/json";
+    consul_op_opts(L, 0, op, 0);  /* the client's dc */
+    if (c == NULL) {
+        if (consul_lock_handle(lk, &lk->http) != 0)
+            return consul_error(L, "cannot create a libcurl handle");
+        return consul_op_call_on(L, NULL, &lk->http, op, box);
+    }
+    return consul_op_call(L, c, op, box);
+}
+
+/* lock:put(key, value[, opts]) --> true | false (cas: stale index) | nil, err, meta (code
+ * "lost": not held) */
+static int lock_put(lua_State *L)
+{
+    return guarded(L, G_PUT);
+}
+
+/* lock:delete(key[, opts]) --> true | false (cas) | nil, err, meta */
+static int lock_delete(lua_State *L)
+{
+    return guarded(L, G_DELETE);
+}
+
+/* lock:txn(ops) --> Consul's { Results =, Errors = } for ops | nil, err, meta */
+static int lock_txn(lua_State *L)
+{
+    return guarded(L, G_TXN);
+}
+
 static const luaL_Reg lock_methods[] = {
     { "acquire", lock_acquire },
     { "release", lock_release },
     { "held", lock_held },
+    { "put", lock_put },
+    { "delete", lock_delete },
+    { "txn", lock_txn },
     { NULL, NULL }
 };
 

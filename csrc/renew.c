@@ -2,9 +2,10 @@
  * renew.c: the renewer, one background thread per process, and the lock's reference-counted
  * C state. It touches no lua_State.
  *
- * Held locks: the renewer renews each one's session every TTL/2 (every second after a
- * failure, until the TTL has passed since the last renewal was sent), adopts a TTL that
- * Consul raises, and watches the key with a blocking query from 200 ms after acquiring: the
+ * Held locks: the renewer renews each one's session every lease/2 (the lease: the TTL, or the
+ * lock-delay when shorter; every second after a failure, until the TTL has passed since the
+ * last renewal that succeeded was sent), adopts a TTL that
+ * Consul raises, and watches the key with a blocking query from 50 ms after acquiring: the
  * key deleted, taken over, or left by our session marks the lock lost at once.
  *
  * Jobs: a lock to release or a session to end, run as the same release machines the Lua
@@ -16,10 +17,10 @@
  * to be acquired again meanwhile.
  *
  * All requests run on one libcurl multi handle, each lock and job with its own easy
- * handles. A lock released within 200 ms of acquiring never had a request made for it here:
+ * handles. A lock released within 50 ms of acquiring never had a request made for it here:
  * taking it back is a list operation under the mutex, and while locks come and go the renewer
- * looks every 200 ms by itself rather than being woken for each. At process exit (atexit) what is still
- * held is released and the jobs are given their chance, 3 seconds at most.
+ * looks every 50 ms by itself rather than being woken for each. At process exit (atexit)
+ * what is still held is released and the jobs are given their chance, 3 seconds at most.
  */
 #include "consul.h"
 
@@ -29,7 +30,7 @@
 
 #define EXIT_WAIT_MS 3000
 #define RETRY_MS 1000
-#define FIRST_WATCH_MS 200  /* a lock held for less needs no watch (and opens no connection) */
+#define FIRST_WATCH_MS 50  /* a lock held for less needs no watch (and opens no connection) */
 #define JOB_RETRY_MIN_MS 100
 #define JOB_RETRY_MAX_MS 1000
 #define JOB_MIN_LIFE_MS 10000
@@ -112,14 +113,29 @@ void consul_lock_unref(consul_lock *lk)
     free(lk);
 }
 
-int consul_lock_held(consul_lock *lk)
+/* The local lease, from when the last renewal that succeeded was sent: no longer than the
+ * TTL (after it Consul may let the session go whenever it likes) nor, when the session has a
+ * lock-delay, than that. A session may end at any moment for its node (failed, left) without
+ * a word to us, but a lock it held is then kept from anyone else for its lock-delay, counted
+ * from a moment after our renewal was sent; semaphore contenders wait as long before they
+ * prune a dead holder (semaphore.c). 0: no lease (a session of the caller's, with no TTL
+ * that we know of). */
+int64_t consul_lock_lease(const consul_lock *lk)
 {
     int64_t ttl = LOAD(&lk->ttl_ms);
+    if (ttl > 0 && lk->own_session && lk->lock_delay_ms > 0 && lk->lock_delay_ms < ttl)
+        return lk->lock_delay_ms;
+    return ttl;
+}
+
+int consul_lock_held(consul_lock *lk)
+{
+    int64_t lease = consul_lock_lease(lk);
     if (!LOAD(&lk->held) || LOAD(&lk->lost))
         return 0;
-    /* The local lease: no successful renewal for a whole TTL means Consul may have let the
-     * session go, whether or not we can reach it to ask. */
-    return ttl <= 0 || consul_now_ms() - LOAD(&lk->lease_ms) < ttl;
+    /* no successful renewal for a whole lease: Consul may have given it to another by now,
+     * whether or not we can reach it to ask (a later renewal that succeeds gives it back) */
+    return lease <= 0 || consul_now_ms() - LOAD(&lk->lease_ms) < lease;
 }
 
 /* A copy of what a release needs to know of lk, for a job; lk then has no session. */
@@ -224,7 +240,7 @@ static void renew_done(consul_lock *lk, consul_json *doc)
         cJSON_IsString(ttl) && (ms = consul_duration_ms(ttl->valuestring)) > 0)
         STORE(&lk->ttl_ms, ms);  /* Consul may raise it */
     consul_json_free(doc);
-    lk->next_renew = lk->renew_sent + LOAD(&lk->ttl_ms) / 2;
+    lk->next_renew = lk->renew_sent + consul_lock_lease(lk) / 2;
 }
 
 static void watch_done(consul_lock *lk, consul_json *doc)
@@ -517,7 +533,7 @@ int consul_renew_start(consul_lock *lk)
     lk->ctl_step = CTL_IDLE;
     lk->watch_busy = 0;
     lk->watch_index = lk->fence;
-    lk->next_renew = LOAD(&lk->lease_ms) + LOAD(&lk->ttl_ms) / 2;
+    lk->next_renew = LOAD(&lk->lease_ms) + consul_lock_lease(lk) / 2;
     lk->next_watch = now + FIRST_WATCH_MS;
     consul_lock_retain(lk);
     lk->registered = 1;

@@ -35,9 +35,18 @@ typedef struct semlock {
     consul_json value;  /* the decoded Value's own parse */
 } semlock;
 
+/* A holder whose session no longer holds a contender key, since when we have seen it so. */
+typedef struct gone {
+    holder h;
+    int64_t since;
+} gone;
+
 typedef struct sem {
     semlock s;
     int64_t wait_ms, deadline, next_renew, retry;
+    gone *gone;               /* holders seen dead, not yet pruned (their lock-delay) */
+    int ngone, cap_gone;
+    int64_t prune_at;         /* when the first of them may be pruned (CONSUL_NEVER: none) */
     uint64_t index;
     int tries, races;
     int failed;
@@ -49,6 +58,7 @@ static void sem_free(void *p)
 {
     sem *x = p;
     consul_json_free(&x->s.value);
+    free(x->gone);
     free(x);
 }
 
@@ -149,6 +159,59 @@ static void prune(consul_json *d, semlock *s)
         else
             drop_holder(s, i);
     }
+}
+
+/* As prune, for a contender that takes a slot: a dead holder is dropped only once it has
+ * been seen dead for the lock-delay (the acquirer's lock_delay). Consul's lock-delay keeps a
+ * lock from a new holder for that long after its holder's session ended, and a holder's local
+ * lease is no longer than it (renew.c): a slot is handed on no sooner than a lock would be.
+ * Sets x->prune_at to when the next one is due. -1: out of memory. */
+static int prune_aged(consul_json *d, semlock *s, sem *x, int64_t delay, int64_t now)
+{
+    int i = 0, j;
+    x->prune_at = CONSUL_NEVER;
+    while (i < s->n) {
+        cJSON *rec;
+        int alive = 0;
+        cJSON_ArrayForEach(rec, d->root) {
+            size_t n;
+            const char *ss = consul_json_field_str(d, rec, "Session", &n);
+            if (ss != NULL && n == s->holders[i].len && memcmp(ss, s->holders[i].name, n) == 0)
+                alive = 1;
+        }
+        if (alive || delay <= 0) {
+            if (alive)
+                i++;
+            else
+                drop_holder(s, i);
+            continue;
+        }
+        for (j = 0; j < x->ngone; j++)
+            if (x->gone[j].h.len == s->holders[i].len &&
+                memcmp(x->gone[j].h.name, s->holders[i].name, s->holders[i].len) == 0)
+                break;
+        if (j == x->ngone) {
+            if (x->ngone == x->cap_gone) {
+                int cap = x->cap_gone ? x->cap_gone * 2 : 8;
+                gone *g = realloc(x->gone, (size_t)cap * sizeof *g);
+                if (g == NULL)
+                    return -1;
+                x->gone = g;
+                x->cap_gone = cap;
+            }
+            x->gone[j].h = s->holders[i];
+            x->gone[j].since = now;
+            x->ngone++;
+        }
+        if (now - x->gone[j].since >= delay) {
+            drop_holder(s, i);
+            continue;
+        }
+        if (x->gone[j].since + delay < x->prune_at)
+            x->prune_at = x->gone[j].since + delay;
+        i++;
+    }
+    return 0;
 }
 
 static int encode_lock(consul_buf *b, const semlock *s)
@@ -279,6 +342,8 @@ static int sem_next(consul_mach *m)
                                                    : (x->deadline - now) * 16 / 17;
         if (lk->own_session && LOAD(&lk->ttl_ms) > 0 && x->next_renew - now < left)
             left = x->next_renew - now;
+        if (x->prune_at != CONSUL_NEVER && x->prune_at - now < left)
+            left = x->prune_at - now;  /* a dead holder's slot comes free then */
         w = (long)(left > CONSUL_MAX_WAIT_MS ? CONSUL_MAX_WAIT_MS : left < 1 ? 1 : left);
         if (consul_buf_addf(&m->query, "&index=%llu&wait=%ldms", (unsigned long long)x->index,
                             w) != 0)
@@ -303,7 +368,7 @@ static int sem_step(consul_mach *m, const consul_resp *rs)
             m->state = S_CREATE;
             return consul_sess_create(m);
         }
-        x->next_renew = LOAD(&lk->lease_ms) + LOAD(&lk->ttl_ms) / 2;
+        x->next_renew = LOAD(&lk->lease_ms) + consul_lock_lease(lk) / 2;
         return send_contender(m);
 
     case S_CREATE:
@@ -311,7 +376,7 @@ static int sem_step(consul_mach *m, const consul_resp *rs)
             return sem_failed(m, rs);
         if (consul_sess_created(m, rs) != 0)
             return consul_mach_done(m, m->last.code, NULL, NULL);
-        x->next_renew = LOAD(&lk->lease_ms) + LOAD(&lk->ttl_ms) / 2;
+        x->next_renew = LOAD(&lk->lease_ms) + consul_lock_lease(lk) / 2;
         return send_contender(m);
 
     case S_CONTENDER:
@@ -332,7 +397,7 @@ static int sem_step(consul_mach *m, const consul_resp *rs)
         if (rs->code != CONSUL_OK)
             return sem_failed(m, rs);  /* a 404 (session gone) is no retry: it fails */
         consul_sess_renewed(m, rs, m->sent);
-        x->next_renew = m->sent + LOAD(&lk->ttl_ms) / 2;
+        x->next_renew = m->sent + consul_lock_lease(lk) / 2;
         return sem_next(m);
 
     case S_READ:
@@ -372,7 +437,8 @@ static int sem_step(consul_mach *m, const consul_resp *rs)
                 return CONSUL_DONE;
             }
         }
-        prune(&m->doc, s);
+        if (prune_aged(&m->doc, s, x, lk->lock_delay_ms, consul_now_ms()) != 0)
+            return oom(m);
         if (find_holder(s, lk->session) >= 0)
             return consul_mach_done(m, CONSUL_OK, rs, NULL);
         if (s->n >= s->limit) {
@@ -435,6 +501,7 @@ void consul_sem_acquire_init(consul_mach *m, consul_lock *lk, int64_t wait_ms)
     x->deadline = wait_ms < 0 ? CONSUL_NEVER : now + wait_ms;
     m->hard = wait_ms < 0 ? CONSUL_NEVER : now + wait_ms + GRACE_MS;
     x->retry = RETRY_MIN_MS;
+    x->prune_at = CONSUL_NEVER;
 }
 
 /* For the watch: the parsed recursive read still lists us as a holder? */

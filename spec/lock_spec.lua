@@ -617,6 +617,43 @@ describe("consul locks", function()
 
   ---------------------------------------------------------------------------
   describe("lease", function()
+    it("lock_delay shorter than the TTL: renewed every lock_delay/2, held all along", function()
+      local lock = assert(c:lock(P .. "lease-short/.lock", { ttl = 10, lock_delay = 2 }))
+      defer(function() lock:release() end)
+      local t0 = now()
+      while now() - t0 < 5 do
+        assert.is_true(lock:held(), string.format("not held after %.1f s", now() - t0))
+        sleep(0.1)
+      end
+    end)
+
+    it("lock_delay shorter than the TTL: agent frozen, held() false within lock_delay", function()
+      -- the session may end for its node at any moment without a word to us; the key is then
+      -- kept from others for the lock-delay, counted from after our last renewal was sent
+      local a = agent.start()
+      defer(function() a:stop() end)
+      local ca = consul.new({ addr = a.addr, timeout = 5 })
+      defer(function() ca:close() end)
+      local lock = assert(ca:lock(P .. "lease-delay/.lock", { ttl = 10, lock_delay = 2, wait = 10 }))
+      sleep(1.2)  -- past a renewal (every 1 s)
+      assert.is_true(lock:held())
+      local t0 = now()
+      assert(os.execute("kill -STOP " .. a.pid))
+      defer(function() os.execute("kill -CONT " .. a.pid) end)
+      local lost = wait_until(slack(3, 5), function() return not lock:held() end, 0.02)
+      local elapsed = now() - t0
+      note("lock_delay 2 s, agent frozen: held() false after %.2f s", elapsed)
+      assert.is_truthy(lost, "still held " .. elapsed .. " s after the agent froze")
+      assert.is_true(elapsed > 0.8, "held() false after " .. elapsed .. " s: before the lease")
+      assert.is_true(elapsed <= 2.05, "held() true " .. elapsed .. " s after the agent froze")
+      os.execute("kill -CONT " .. a.pid)
+      -- the agent back: a renewal proves the session alive again (it did not end)
+      assert.is_truthy(wait_until(slack(4, 8), function() return lock:held() end, 0.05),
+        "not held again after the agent came back")
+      assert.is_true(lock:release())
+    end)
+
+
     it("agent gone: held() false once the TTL passed without renewal; release() nil, err",
       function()
         local a = agent.start()

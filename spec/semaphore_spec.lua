@@ -593,6 +593,34 @@ describe("consul semaphores", function()
         assert.is_nil(raw_record(prefix .. "/" .. id1), "the lost contender key is still there")
       end)
 
+    it("a dead holder's slot goes to a taker only its lock_delay after it saw it dead", function()
+      -- Consul keeps a lock from a new holder for the lock-delay after its session ended; a
+      -- semaphore's slot has no such guard in Consul, so the taker gives the dead holder as
+      -- long (the dead holder's own held() lease is no longer: see the lock lease specs)
+      local prefix = P .. "prune-delay"
+      local s1 = assert(c:semaphore(prefix, 1, { ttl = 10, lock_delay = 2 }))
+      defer(function() s1:release() end)
+      assert.is_true(c3.session:destroy(s1.session))
+      local t0 = now()
+      local s2, err = c2:semaphore(prefix, 1, { wait = 10, lock_delay = 2 })
+      local took = now() - t0
+      assert(s2, err)
+      defer(function() s2:release() end)
+      note("dead holder pruned after %.2f s (lock_delay 2 s)", took)
+      assert.is_true(took >= 1.9, "the slot was given on after " .. took .. " s")
+      assert.is_true(took < slack(3.5, 6), "the slot was given on after " .. took .. " s")
+      assert_layout(prefix, 1, { s2.session })
+      -- wait = 0 meanwhile: a timeout, not the dead holder's slot
+      local s3, _, meta = c3:semaphore(prefix .. "-0", 1, { ttl = 10 })
+      assert(s3)
+      assert.is_true(c3.session:destroy(s3.session))
+      local s4
+      s4, _, meta = c2:semaphore(prefix .. "-0", 1, { wait = 0, lock_delay = 2 })
+      assert.is_nil(s4)
+      assert.are.equal("timeout", meta.code)
+      s3:release()
+    end)
+
     it("prefix/.lock deleted: held() false within 2 s; acquire() makes a new one", function()
       local prefix = P .. "loss-lock"
       local s1 = assert(c:semaphore(prefix, 2, { ttl = 10, lock_delay = 0 }))
