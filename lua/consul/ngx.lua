@@ -45,11 +45,13 @@ local function client_cert(cert_file, key_file)
   if c then return c[1], c[2] end
   local ssl = require("ngx.ssl")
   local pem = read_file(cert_file)
+  if not pem then return nil, "cannot read the client certificate " .. cert_file end
   local key_pem = read_file(key_file or cert_file)
-  local cert, key = pem and ssl.parse_pem_cert(pem), key_pem and ssl.parse_pem_priv_key(key_pem)
-  if not cert or not key then
-    return nil, "cannot read the client certificate or key (" .. cert_file .. ")"
-  end
+  if not key_pem then return nil, "cannot read the client key " .. (key_file or cert_file) end
+  local cert, err = ssl.parse_pem_cert(pem)
+  if not cert then return nil, "the client certificate " .. cert_file .. ": " .. tostring(err) end
+  local key, kerr = ssl.parse_pem_priv_key(key_pem)
+  if not key then return nil, "the client key " .. (key_file or cert_file) .. ": " .. tostring(kerr) end
   certs[k] = { cert, key }
   return cert, key
 end
@@ -62,6 +64,8 @@ local function connect(o, ms)
   local sock = tcp()
   sock:settimeouts(ms < timeout and ms or timeout, ms, ms)
   local ok, err
+  -- a cosocket resolves names only with nginx's `resolver`: localhost needs none
+  if host == "localhost" then host = "127.0.0.1" end
   if port then
     ok, err = sock:connect(host, port, { pool = pool, pool_size = POOL_SIZE })
   else
@@ -85,10 +89,14 @@ local function connect(o, ms)
         return nil, "tls", err
       end
     end
-    ok, err = sock:sslhandshake(nil, server_name, verify)
-    if not ok then
+    -- (reused_session nil, so that a handshake done at once still has its verification
+    -- result looked at; lua-resty-core 0.1.25 may assert there instead of returning it: a
+    -- handshake that failed either way)
+    local pok, sess, herr = pcall(sock.sslhandshake, sock, nil, server_name, verify)
+    if not pok or not sess then
       sock:close()
-      return nil, err == "timeout" and "timeout" or "tls", err
+      herr = pok and herr or "the handshake failed (" .. tostring(sess) .. ")"
+      return nil, herr == "timeout" and "timeout" or "tls", herr
     end
   end
   return sock, reused
@@ -394,6 +402,7 @@ function _M.install()
   Client.semaphore = locking("c:semaphore")(Client.semaphore)
   Lock.acquire = locking("lock:acquire")(Lock.acquire)
   Lock.release = wrap(Lock.release)
+  Lock.put, Lock.delete, Lock.txn = wrap(Lock.put), wrap(Lock.delete), wrap(Lock.txn)
   op.enable(true)
 end
 
