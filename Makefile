@@ -3,7 +3,7 @@
 #   make test       the spec suite on Lua 5.4 and LuaJIT against a throwaway Consul 1.8.7 agent
 #   make demo       the example against a throwaway agent
 #   make nginx-demo examples/nginx: two nginx nodes, a KV handler, a critical section, a leader job
-#   make bench      throughput against a raw libcurl loop
+#   make bench      throughput against a raw libcurl loop, and in nginx against raw cosockets
 #   make valgrind   the suite under valgrind;  make asan: the suite with ASan/UBSan
 #   make fuzz       each libFuzzer target (fuzz/) for FUZZ_SECONDS (60) under ASan/UBSan
 #   make install    luarocks make (the rockspec)
@@ -87,7 +87,14 @@ bench: all consul
 	@mkdir -p build/bench
 	$(CC) -std=c99 -O2 -Wall -Wextra -o build/rawbench bench/rawbench.c $(LIBS_CFLAGS) $(LIBS_LDFLAGS)
 	$(CC) -std=c99 -O2 -Wall -Wextra -fPIC -shared $(LUA54_INC) -o build/bench/benchutil.so bench/benchutil.c
-	CONSUL_TEST_KV_MAX=2097152 scripts/with-agent.sh env $(PATHS54) lua5.4 bench/bench.lua build/rawbench
+	CONSUL_TEST_KV_MAX=2097152 scripts/with-agent.sh env $(PATHS54) sh -c \
+	  'lua5.4 bench/bench.lua build/rawbench && echo && lua5.4 bench/nginx.lua'
+
+# Only the nginx part of the benchmark.
+bench-nginx: all consul
+	@mkdir -p build/bench
+	$(CC) -std=c99 -O2 -Wall -Wextra -fPIC -shared $(LUA54_INC) -o build/bench/benchutil.so bench/benchutil.c
+	scripts/with-agent.sh env $(PATHS54) lua5.4 bench/nginx.lua
 
 # The whole suite under valgrind: no leaks, no errors. lua5.4 runs busted directly (busted's
 # --lua would re-exec it outside valgrind); the processes specs spawn are not traced.
