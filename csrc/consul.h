@@ -42,6 +42,8 @@
 
 #define CONSUL_VERSION "0.1.0"
 #define CONSUL_MAX_WAIT_MS 300000  /* Consul's default (and our longest) blocking wait: 5 min */
+#define CONSUL_WAIT_GRACE_MS 750  /* how far past a lock's `wait` a request in flight may run:
+                                    a call returns within wait + 1 s, with room to spare */
 #define CONSUL_MAX_HEAD 65536      /* an answer's status line and headers, at most */
 #define CONSUL_MAX_URL 1048576     /* a request's path and query: Go's server reads 1 MiB of head */
 #define CONSUL_DEFAULT_MAX_ANSWER ((size_t)64 << 20)  /* an answer's body, by default */

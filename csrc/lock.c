@@ -11,9 +11,16 @@
  * backoff until `wait` runs out. `wait` is a deadline: no request runs past it by more than
  * a second, and a failed attempt's session is left to the renewer to destroy (renew.c).
  *
- * Release (a machine too, run by the caller or by the renewer): PUT ?release=<session>&
- * flags=<lock flags> with the value, as Go's Unlock does (a PUT without flags would reset
- * them to 0), then destroying a session the lock created.
+ * The next take of a key this client released last is one transaction too: check-index of
+ * the index our release left it at, then lock (a 409: someone came between, so Go's way).
+ *
+ * Release (a machine too, run by the caller or by the renewer): the txn verb unlock with our
+ * flags and value, as Go's Unlock does with PUT ?release=&flags= (a PUT without flags would
+ * reset them to 0), whose answer says the index the key is left at; then destroying a session
+ * the lock created. A release that fails for a reason worth retrying is the renewer's to
+ * finish (renew.c), in the background.
+ *
+ * Guarded writes (lock:put, lock:delete, lock:txn) begin with check-session of the key.
  *
  * Keys are any bytes (escaped for the URL and for JSON); a session ID from the server is
  * checked before it is kept, and escaped wherever it goes.
@@ -25,7 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define GRACE_MS 1000     /* how far past `wait` a request may run */
+#define GRACE_MS CONSUL_WAIT_GRACE_MS
 #define RETRY_MIN_MS 100  /* backoff after a failure worth retrying, doubling */
 #define RETRY_MAX_MS 1000
 

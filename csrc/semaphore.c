@@ -16,7 +16,7 @@
 #include <string.h>
 
 #define MAX_HOLDERS 1024
-#define GRACE_MS 1000
+#define GRACE_MS CONSUL_WAIT_GRACE_MS
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 1000
 

@@ -145,6 +145,13 @@ describe("stalls and drips (fake server: a real agent always answers, and at spe
     x:close()
   end)
 
+  it("a server that drips its answer a byte a second: kv:get gives code timeout within timeout + 1 s (the timeout bounds the whole call, not each read)", function()
+    local x = client("drip")
+    times_out(1, "consul: GET /v1/kv/k: ", function() return x.kv:get("k") end)
+    times_out(1, "consul: GET /v1/kv/k: ", function() return x.kv:list("k") end)
+    x:close()
+  end)
+
   for _, mode in ipairs({ "stall", "continue" }) do
     it("agent:monitor against a server that " ..
        (mode == "stall" and "sends nothing" or "sends only \"100 Continue\"") ..

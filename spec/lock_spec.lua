@@ -439,6 +439,89 @@ describe("consul locks", function()
   end)
 
   ---------------------------------------------------------------------------
+  describe("a frozen agent (SIGSTOP)", function()
+    -- A private agent, stopped and continued by its PID: requests sent to it meanwhile get no
+    -- answer at all (the kernel still accepts the connections).
+    local a, ca
+    before_each(function()
+      a = agent.start()
+      ca = consul.new({ addr = a.addr, timeout = 10 })
+    end)
+    after_each(function()
+      os.execute("kill -CONT " .. a.pid)
+      ca:close()
+      a:stop()
+    end)
+
+    local function freeze() assert(os.execute("kill -STOP " .. a.pid)) end
+    local function thaw() assert(os.execute("kill -CONT " .. a.pid)) end
+
+    it("wait is a deadline: c:lock, lock:acquire, c:semaphore, with_lock and with_semaphore " ..
+       "with wait = 2 return within 3 s (the client's timeout is 10 s)", function()
+      local old = assert(ca:lock(P .. "frozen/old/.lock", { wait = 5 }))
+      assert.is_true(old:release())
+      freeze()
+      local calls = {
+        { "c:lock", function() return ca:lock(P .. "frozen/a/.lock", { wait = 2 }) end },
+        { "lock:acquire", function() return old:acquire({ wait = 2 }) end },
+        { "c:semaphore", function() return ca:semaphore(P .. "frozen/s", 2, { wait = 2 }) end },
+        { "with_lock", function()
+          return ca:with_lock(P .. "frozen/b/.lock", { wait = 2 }, function() error("called") end)
+        end },
+        { "with_semaphore", function()
+          return ca:with_semaphore(P .. "frozen/t", 2, { wait = 2 }, function() error("called") end)
+        end },
+      }
+      for _, call in ipairs(calls) do
+        local t0 = now()
+        local r, err, meta = call[2]()
+        local took = now() - t0
+        note("frozen agent: %s with wait = 2 returned after %.2f s: %s", call[1], took, tostring(err))
+        assert.is_nil(r, call[1])
+        assert.is_string(err, call[1])
+        assert.are.equal("timeout", meta.code, call[1] .. ": " .. err)
+        assert.is_true(took >= 1.9, call[1] .. " returned after " .. took .. " s")
+        assert.is_true(took <= slack(3, 4), call[1] .. " returned after " .. took .. " s")
+      end
+      thaw()
+      -- nothing is held once it thaws; what the agent made of the requests it got meanwhile
+      -- (a session create answered too late) holds no key and ends with its TTL
+      assert.is_truthy(wait_until(5, function()
+        local rec = agent.kv_record(a, P .. "frozen/a/.lock")
+        return rec == nil or (rec.Session or "") == ""
+      end, 0.1), "a key is held after the thaw")
+    end)
+
+    it("release(): returns within the client's timeout with meta.pending; the background " ..
+       "thread frees the key within a second or two of the thaw", function()
+      local cb = consul.new({ addr = a.addr, timeout = 1 })
+      defer(function() cb:close() end)
+      local key = P .. "frozen/rel/.lock"
+      local lock = assert(cb:lock(key, { wait = 5 }))
+      local id = lock.session
+      freeze()
+      local t0 = now()
+      local ok, err, meta = lock:release()
+      local took = now() - t0
+      assert.is_nil(ok)
+      assert.is_string(err)
+      assert.are.equal("timeout", meta.code)
+      assert.is_true(meta.pending)
+      assert.is_true(took <= slack(1.5, 3), "release() took " .. took .. " s")
+      assert.is_false(lock:held())
+      sleep(2)  -- the retries meanwhile time out too
+      thaw()
+      local t1 = now()
+      assert.is_truthy(wait_until(slack(3, 8), function()
+        local rec = agent.kv_record(a, key)
+        return rec ~= nil and (rec.Session or "") == "" and sessions.raw(a.addr, id) == nil
+      end, 0.05), "the key is still held, or its session alive, after the thaw")
+      note("frozen agent: key free and session gone %.2f s after the thaw", now() - t1)
+      assert.is_true(lock:release())  -- idempotent: nothing more to do
+    end)
+  end)
+
+  ---------------------------------------------------------------------------
   describe("conflict", function()
     it("a plain KV key: meta.code 'conflict', value and flags untouched", function()
       local key = P .. "conflict/plain"
@@ -495,8 +578,12 @@ describe("consul locks", function()
       local n, lines = 0, {}
       for line in log:sub(from, to):gmatch("[^\n]+") do
         if line:find("Request finished", 1, true) and not line:find("/marker/", 1, true) then
-          n = n + 1
+          -- background renewals (every lease/2) are not the acquire's requests: they are
+          -- listed, not counted
+          local renew = line:find("/v1/session/renew/", 1, true)
+          if not renew then n = n + 1 end
           lines[#lines + 1] = line:match("T([%d:.]+)") .. " " .. line:match("method=.*")
+            .. (renew and " (renewal, not counted)" or "")
         end
       end
       return n, lines, res
