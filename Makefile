@@ -6,6 +6,7 @@
 #   make bench      throughput against a raw libcurl loop, and in nginx against raw cosockets
 #   make valgrind   the suite under valgrind;  make asan: the suite with ASan/UBSan
 #   make fuzz       each libFuzzer target (fuzz/) for FUZZ_SECONDS (60) under ASan/UBSan
+#   make chaos      locks on a real 3-server cluster with faults injected (chaos/; minutes)
 #   make install    luarocks make (the rockspec)
 
 SHELL    := /bin/bash
@@ -27,7 +28,7 @@ BUSTED_LUA = /usr/bin/busted --output=utfTerminal --helper=spec/helpers/progress
 LUA54_INC  = -I/usr/include/lua5.4
 LUAJIT_INC = -I/usr/include/luajit-2.1
 
-.PHONY: all deps consul test test-54 test-jit demo nginx-demo bench valgrind asan fuzz fuzz-build install clean readme check-readme
+.PHONY: all deps consul test test-54 test-jit demo nginx-demo bench bench-nginx chaos valgrind asan fuzz fuzz-build install clean readme check-readme
 
 all: deps build/5.4/consul/core.so build/jit/consul/core.so
 
@@ -95,6 +96,14 @@ bench-nginx: all consul
 	@mkdir -p build/bench
 	$(CC) -std=c99 -O2 -Wall -Wextra -fPIC -shared $(LUA54_INC) -o build/bench/benchutil.so bench/benchutil.c
 	scripts/with-agent.sh env $(PATHS54) lua5.4 bench/nginx.lua
+
+# The chaos test (chaos/run.lua): a real 3-server, 2-client cluster on 127.0.77.x, workers
+# contending for a lock, faults injected, histories checked. CHAOS_ROUNDS (lock,guarded,sem),
+# CHAOS_FAULTS (leader,freeze,kill,restart), CHAOS_CYCLES (1). An interrupted run's processes
+# are stopped by their PID files.
+chaos: all consul
+	@trap 'env $(PATHS54) lua5.4 chaos/run.lua --cleanup' INT TERM; \
+	  env $(PATHS54) lua5.4 chaos/run.lua
 
 # The whole suite under valgrind: no leaks, no errors. lua5.4 runs busted directly (busted's
 # --lua would re-exec it outside valgrind); the processes specs spawn are not traced.
