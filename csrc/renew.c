@@ -199,11 +199,15 @@ static void lock_req(consul_req *rq, const char *method, const char *path, const
 
 static void abort_all(consul_lock *lk)
 {
-    consul_resp rs;
-    if (lk->ctl_step != CTL_IDLE)
+    consul_resp rs;  /* what an aborted transfer leaves: nobody reads it */
+    if (lk->ctl_step != CTL_IDLE) {
+        consul_resp_reset(&rs);
         consul_http_abort(&lk->http, multi, &rs);
-    if (lk->watch_busy)
+    }
+    if (lk->watch_busy) {
+        consul_resp_reset(&rs);
         consul_http_abort(&lk->watch, multi, &rs);
+    }
     lk->ctl_step = CTL_IDLE;
     lk->watch_busy = 0;
 }
