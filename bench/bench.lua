@@ -243,9 +243,10 @@ local function ho_loop(c, me, n, lk)
     else
       local index = 0
       while true do
-        local _, err, meta = c.kv:get(HO_KEY, index > 0 and { index = index, wait = 10 } or nil)
+        -- the record, not get (?raw): only the record says who holds the key
+        local rec, err, meta = c.kv:record(HO_KEY, index > 0 and { index = index, wait = 10 } or nil)
         if err then error(err, 0) end
-        if meta.session and meta.session ~= "" then break end
+        if rec and (rec.Session or "") ~= "" then break end
         index = meta.index or 0
         if util.now() > give_up then error("handover: the other never took the lock", 0) end
       end
