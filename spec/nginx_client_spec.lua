@@ -13,11 +13,8 @@ local nginx = require("spec.helpers.nginx")
 local util = require("spec.helpers.util")
 local W = require("spec.helpers.ngx_wire")
 
-local IS_JIT = type(jit) == "table"
 local P = "spec/nginx_client/"
-local SKIP = not IS_JIT and "nginx runs LuaJIT: these specs run in the LuaJIT suite" or
-  (os.getenv("CONSUL_TEST_ASAN") or os.getenv("CONSUL_TEST_VALGRIND")) and
-  "nginx loads the plain LuaJIT build, not this instrumented one" or nginx.skip_reason()
+local SKIP = nginx.suite_skip()
 
 if SKIP then
   describe("consul client options in nginx", function()
@@ -51,20 +48,10 @@ describe("consul client options in nginx", function()
     return x
   end
 
-  local function errors_of(x)
-    local t = {}
-    for line in x:log():gmatch("[^\n]+") do
-      if line:find("%[error%]") or line:find("%[alert%]") or line:find("%[crit%]") then
-        t[#t + 1] = line
-      end
-    end
-    return table.concat(t, "\n", math.max(1, #t - 20))
-  end
-
   local function call(x, path)
     local status, body = x:get(path, 60)
     assert(status == 200, "GET " .. path .. ": " .. tostring(status) .. " " .. tostring(body) ..
-      "\nerror.log:\n" .. errors_of(x))
+      "\nerror.log:\n" .. x:errors())
     return W.load(body)
   end
 

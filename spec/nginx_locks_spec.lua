@@ -16,11 +16,8 @@ local children = require("spec.helpers.children")
 local W = require("spec.helpers.ngx_wire")
 local json = require("dkjson")
 
-local IS_JIT = type(jit) == "table"
 local P = "spec/nginx_locks/"
-local SKIP = not IS_JIT and "nginx runs LuaJIT: these specs run in the LuaJIT suite" or
-  (os.getenv("CONSUL_TEST_ASAN") or os.getenv("CONSUL_TEST_VALGRIND")) and
-  "nginx loads the plain LuaJIT build, not this instrumented one" or nginx.skip_reason()
+local SKIP = nginx.suite_skip()
 
 if SKIP then
   describe("consul locks in nginx", function()
@@ -149,19 +146,9 @@ describe("consul locks in nginx", function()
     return string.format("%s\nC = consul.new({ addr = %q, timeout = 10 })\n%s", COMMON, A, extra or "")
   end
 
-  local function errors_of(x)
-    local t = {}
-    for line in x:log():gmatch("[^\n]+") do
-      if line:find("%[error%]") or line:find("%[alert%]") or line:find("%[crit%]") then
-        t[#t + 1] = line
-      end
-    end
-    return table.concat(t, "\n", math.max(1, #t - 20))
-  end
-
   local function decode(x, path, status, body)
     assert(status == 200, "GET " .. path .. ": " .. tostring(status) .. " " .. tostring(body) ..
-      "\nerror.log:\n" .. errors_of(x))
+      "\nerror.log:\n" .. x:errors())
     return W.load(body)
   end
 

@@ -14,11 +14,8 @@ local util = require("spec.helpers.util")
 local W = require("spec.helpers.ngx_wire")
 local json = require("dkjson")
 
-local IS_JIT = type(jit) == "table"
 local P = "spec/nginx_routes/"
-local SKIP = not IS_JIT and "nginx runs LuaJIT: these specs run in the LuaJIT suite" or
-  (os.getenv("CONSUL_TEST_ASAN") or os.getenv("CONSUL_TEST_VALGRIND")) and
-  "nginx loads the plain LuaJIT build, not this instrumented one" or nginx.skip_reason()
+local SKIP = nginx.suite_skip()
 
 if SKIP then
   describe("consul routes in nginx", function()
@@ -392,22 +389,11 @@ describe("consul routes in nginx", function()
 
   local function raw_get(path) return agent.get_json(A, path) end
 
-  -- the last lines of error.log that say something went wrong
-  local function errors_of(x)
-    local t = {}
-    for line in x:log():gmatch("[^\n]+") do
-      if line:find("%[error%]") or line:find("%[alert%]") or line:find("%[crit%]") then
-        t[#t + 1] = line
-      end
-    end
-    return table.concat(t, "\n", math.max(1, #t - 20))
-  end
-
   -- GET path from the nginx: what its handler dumped
   local function call(path)
     local status, body = n:get(path, 60)
     assert(status == 200, "GET " .. path .. ": " .. tostring(status) .. " " .. tostring(body) ..
-      "\nerror.log:\n" .. errors_of(n))
+      "\nerror.log:\n" .. n:errors())
     return W.load(body)
   end
 

@@ -9,11 +9,8 @@ local nginx = require("spec.helpers.nginx")
 local util = require("spec.helpers.util")
 local fakeserver = require("spec.helpers.fakeserver")
 
-local IS_JIT = type(jit) == "table"
 local P = "spec/nginx/"
-local SKIP = not IS_JIT and "nginx runs LuaJIT: these specs run in the LuaJIT suite" or
-  (os.getenv("CONSUL_TEST_ASAN") or os.getenv("CONSUL_TEST_VALGRIND")) and
-  "nginx loads the plain LuaJIT build, not this instrumented one" or nginx.skip_reason()
+local SKIP = nginx.suite_skip()
 
 if SKIP then
   describe("consul in nginx", function()

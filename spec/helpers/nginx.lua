@@ -19,6 +19,7 @@
 --   n:stop()                  -- SIGQUIT to the master (from its pid file), waits; raises when
 --                             -- error.log has an [alert], [crit] or a worker killed by a signal
 --   n:log()                   -- error.log so far
+--   n:errors()                -- its last 20 [error], [alert] and [crit] lines, for a message
 --
 -- The configuration follows what was measured here (shared NGINX.md): absolute load_module
 -- paths with ndk first, `user root` when run as root (the prefix is a 0700 temp dir),
@@ -64,6 +65,16 @@ local ROOT = (function()
   return (out:gsub("%s+$", ""))
 end)()
 M.root = ROOT
+
+-- Why a suite of nginx specs cannot run in this process, or nil: nginx runs LuaJIT (the 5.4
+-- suite skips them), and loads the plain LuaJIT build (not the valgrind or ASan one).
+function M.suite_skip()
+  if type(jit) ~= "table" then return "nginx runs LuaJIT: these specs run in the LuaJIT suite" end
+  if os.getenv("CONSUL_TEST_ASAN") or os.getenv("CONSUL_TEST_VALGRIND") then
+    return "nginx loads the plain LuaJIT build, not this instrumented one"
+  end
+  return M.skip_reason()
+end
 
 function M.skip_reason()
   if not file_exists(NGINX) then return "no " .. NGINX .. " (Debian's nginx)" end
@@ -214,6 +225,17 @@ function Nginx:reload()
     sh("sleep 0.05")
   end
   error("nginx: no new worker after reload", 2)
+end
+
+-- The last lines of error.log that say something went wrong, for a failure's message.
+function Nginx:errors()
+  local t = {}
+  for line in self:log():gmatch("[^\n]+") do
+    if line:find("%[error%]") or line:find("%[alert%]") or line:find("%[crit%]") then
+      t[#t + 1] = line
+    end
+  end
+  return table.concat(t, "\n", math.max(1, #t - 20))
 end
 
 -- The lines of error.log that mean nginx itself went wrong.
