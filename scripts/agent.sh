@@ -124,7 +124,7 @@ http_req() {
         printf "\r\n"
       } >&3
       resp=$(cat <&3)
-      status=$(printf "%s" "$resp" | head -n1 | awk "{print \$2}")
+      status=$(printf "%s" "$resp" | sed -n 1p | awk "{print \$2}")
       body=${resp#*$'"'"'\r\n\r\n'"'"'}
       printf "%s\n%s" "$status" "$body"
     ' _ "$port" "$method" "$path" "$token"

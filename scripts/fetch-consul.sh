@@ -45,7 +45,9 @@ unpack_deb() {
   rm -rf "$root.new"
   dpkg -x "$deb" "$root.new"
   [ -x "$root.new/usr/bin/consul" ] || die "package has no usr/bin/consul"
-  ver=$("$root.new/usr/bin/consul" version | head -n1)
+  # (sed reads all of it: head would leave consul writing into a closed pipe, and a SIGPIPE
+  # under pipefail fails the script at random)
+  ver=$("$root.new/usr/bin/consul" version | sed -n 1p)
   case "$ver" in
     "Consul v$WANT_VERSION"*) ;;
     *) die "unexpected version: '$ver' (want v$WANT_VERSION)";;
@@ -140,7 +142,7 @@ for attempt in 1 2 3; do
   sleep $((attempt * 5))
 done
 
-deb=$(ls "$d/dl/"*.deb 2>/dev/null | head -n1)
+deb=$(ls "$d/dl/"*.deb 2>/dev/null | sed -n 1p)
 [ -n "$deb" ] || die "no .deb downloaded (see $d/download.log)"
 
 got=$(sha256sum "$deb" | awk '{print $1}')
