@@ -141,20 +141,25 @@ static cJSON *find_lock_record(consul_lock *lk, consul_json *d)
     return NULL;
 }
 
+/* Whether holder i of s has its session among the records of d (the prefix's listing). */
+static int holder_alive(consul_json *d, const semlock *s, int i)
+{
+    cJSON *rec;
+    cJSON_ArrayForEach(rec, d->root) {
+        size_t n;
+        const char *ss = consul_json_field_str(d, rec, "Session", &n);
+        if (ss != NULL && n == s->holders[i].len && memcmp(ss, s->holders[i].name, n) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 /* Drops holders whose session holds no contender key under the prefix. */
 static void prune(consul_json *d, semlock *s)
 {
     int i = 0;
     while (i < s->n) {
-        cJSON *rec;
-        int alive = 0;
-        cJSON_ArrayForEach(rec, d->root) {
-            size_t n;
-            const char *ss = consul_json_field_str(d, rec, "Session", &n);
-            if (ss != NULL && n == s->holders[i].len && memcmp(ss, s->holders[i].name, n) == 0)
-                alive = 1;
-        }
-        if (alive)
+        if (holder_alive(d, s, i))
             i++;
         else
             drop_holder(s, i);
@@ -171,14 +176,7 @@ static int prune_aged(consul_json *d, semlock *s, sem *x, int64_t delay, int64_t
     int i = 0, j;
     x->prune_at = CONSUL_NEVER;
     while (i < s->n) {
-        cJSON *rec;
-        int alive = 0;
-        cJSON_ArrayForEach(rec, d->root) {
-            size_t n;
-            const char *ss = consul_json_field_str(d, rec, "Session", &n);
-            if (ss != NULL && n == s->holders[i].len && memcmp(ss, s->holders[i].name, n) == 0)
-                alive = 1;
-        }
+        int alive = holder_alive(d, s, i);
         if (alive || delay <= 0) {
             if (alive)
                 i++;
