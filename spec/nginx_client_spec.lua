@@ -202,7 +202,11 @@ describe("consul client options in nginx", function()
         local r, err, meta = leader(how)
         assert.is_nil(r, how)
         assert.matches("^consul: GET /v1/status/leader: TLS with 127%.0%.0%.1:%d+: ", err)
-        assert.matches("certificate host mismatch", err)
+        -- nginx's reason when the handshake yielded; when it completed at once, lua-resty-core
+        -- 0.1.25 asserts instead of returning it, and the driver says the certificate did
+        -- not verify (timing decides which)
+        assert.is_truthy(err:find("certificate host mismatch", 1, true) or
+          err:find("certificate did not verify", 1, true), err)
         assert.are.equal("tls", meta.code, how)
       end
     end)

@@ -90,12 +90,17 @@ local function connect(o, ms)
       end
     end
     -- (reused_session nil, so that a handshake done at once still has its verification
-    -- result looked at; lua-resty-core 0.1.25 may assert there instead of returning it: a
-    -- handshake that failed either way)
+    -- result looked at. When the handshake completes without yielding and the verification
+    -- failed, lua-resty-core 0.1.25 asserts instead of returning nginx's reason: the
+    -- certificate did not verify, and why is lost. Which of the two happens is timing.)
     local pok, sess, herr = pcall(sock.sslhandshake, sock, nil, server_name, verify)
     if not pok or not sess then
       sock:close()
-      herr = pok and herr or "the handshake failed (" .. tostring(sess) .. ")"
+      if not pok then
+        herr = verify and "the agent's certificate did not verify (lua-resty-core lost " ..
+          "nginx's reason: " .. tostring(sess) .. ")" or "the handshake failed (" ..
+          tostring(sess) .. ")"
+      end
       return nil, herr == "timeout" and "timeout" or "tls", herr
     end
   end
