@@ -266,6 +266,12 @@ static long decode(const char *in, size_t n, unsigned char *out, size_t *done)
     return len;
 }
 
+long consul_base64_decode(const char *in, size_t n, unsigned char *out)
+{
+    size_t done;
+    return decode(in, n, out, &done);
+}
+
 long consul_base64_decode_inplace(char *s, size_t n)
 {
     size_t done, g;

@@ -80,6 +80,8 @@ int consul_buf_add_json_string(consul_buf *b, const char *s, size_t n);
 /* s[0..n) for a message: control bytes and quotes as \xNN, cut after max bytes ("..."). */
 int consul_buf_add_printable(consul_buf *b, const char *s, size_t n, size_t max);
 int consul_buf_add_base64(consul_buf *b, const unsigned char *p, size_t n);
+/* Decodes n base64 characters into out (NULL: only checks): the length, or -1. */
+long consul_base64_decode(const char *in, size_t n, unsigned char *out);
 /* Decodes s in place in one pass: the length, or -1 with s as it was when it is not base64. */
 long consul_base64_decode_inplace(char *s, size_t n);
 
@@ -300,6 +302,11 @@ const char *consul_json_key(const consul_json *d, const cJSON *n, size_t *len);
 /* Exact value of an integer number node: 0 ok, -1 not an integer that fits 64 bits. */
 int consul_json_u64(consul_json *d, const cJSON *n, uint64_t *out);
 int consul_json_i64(consul_json *d, const cJSON *n, int64_t *out);
+/* The fast path of a small answer: the unsigned integer at path (object keys; NULL steps into
+ * an array's last element) read by a strict scan of the text, with no tree and no allocation.
+ * 1 found (*out), 0 not sure (anything else): then ask cJSON, which decides. */
+int consul_json_scan_u64(const char *text, size_t len, const char *const *path, int npath,
+                         uint64_t *out);
 /* The string field name of object o, if it is one: its bytes, else NULL. */
 const char *consul_json_field_str(const consul_json *d, const cJSON *o, const char *name,
                                   size_t *len);
@@ -313,6 +320,11 @@ const char *consul_json_field_str(const consul_json *d, const cJSON *o, const ch
  * (a Value not base64, a record of the wrong shape) or CONSUL_ETIMEOUT (past deadline)
  * with nothing pushed. Raises only for memory. */
 int consul_json_push(lua_State *L, consul_json *d, cJSON *node, int flags, int64_t deadline);
+/* The fast path of a KV record list (a JSON array of records, Values base64): pushed straight
+ * from the text as consul_json_push with CONSUL_JSON_KVREC | CONSUL_JSON_B64VALUE would push
+ * it, with no tree. 1 pushed; 0 not sure (nothing pushed): then parse and push, which
+ * decides. Raises only for memory. */
+int consul_json_push_records(lua_State *L, const char *text, size_t len, int64_t deadline);
 /* Appends the JSON of the Lua value at idx to b. Raises (argerror on arg) for values JSON
  * cannot hold. */
 void consul_json_encode(lua_State *L, int idx, int arg, consul_buf *b, int flags);

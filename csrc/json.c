@@ -414,6 +414,250 @@ void consul_json_free(consul_json *d)
     d->indexed = 0;
 }
 
+/* ---- a scan without a tree ---------------------------------------------------- */
+
+/* The grammar of RFC 8259, strictly, to a fixed depth. Only what cJSON surely reads the same
+ * way is answered: a document it would refuse (an escape \u, whose surrogates it checks; a
+ * number token over 63 bytes, which it cuts) or read otherwise (a key written with escapes,
+ * the wrong type on the path, an integer that is not plain digits) leaves the answer to it. */
+#define SCAN_DEPTH 32
+
+typedef struct scan {
+    const char *p, *end;
+    const char *const *path;
+    int npath;
+    int found, unsure;
+    uint64_t val;
+} scan;
+
+static void sc_ws(scan *s)
+{
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
+        s->p++;
+}
+
+/* A string token; *a, *b its raw contents; *esc whether it holds escapes. 0 ok, -1 invalid. */
+static int sc_string(scan *s, const char **a, const char **b, int *esc)
+{
+    const char *p = s->p + 1;
+    *esc = 0;
+    *a = p;
+    for (; p < s->end; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch == '"') {
+            *b = p;
+            s->p = p + 1;
+            return 0;
+        }
+        if (ch < 0x20)
+            return -1;
+        if (ch == '\\') {
+            *esc = 1;
+            if (++p >= s->end)
+                return -1;
+            switch (*p) {
+            case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+                break;
+            case 'u':
+                s->unsure = 1;  /* valid here; cJSON also checks surrogates */
+                break;
+            default:
+                return -1;
+            }
+        }
+    }
+    return -1;
+}
+
+/* A number token; *plain: it is 0 or [1-9][0-9]* (an unsigned integer as Consul writes one). */
+static int sc_number(scan *s, int *plain)
+{
+    const char *p = s->p, *start = p;
+    *plain = 1;
+    if (p < s->end && *p == '-')
+        p++, *plain = 0;
+    if (p < s->end && *p == '0')
+        p++;
+    else if (p < s->end && *p >= '1' && *p <= '9')
+        while (p < s->end && *p >= '0' && *p <= '9')
+            p++;
+    else
+        return -1;
+    if (p < s->end && *p == '.') {
+        *plain = 0;
+        if (++p >= s->end || *p < '0' || *p > '9')
+            return -1;
+        while (p < s->end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (p < s->end && (*p == 'e' || *p == 'E')) {
+        *plain = 0;
+        if (++p < s->end && (*p == '+' || *p == '-'))
+            p++;
+        if (p >= s->end || *p < '0' || *p > '9')
+            return -1;
+        while (p < s->end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (p - start > 63)
+        s->unsure = 1;
+    s->p = p;
+    return 0;
+}
+
+static int sc_word(scan *s, const char *w, size_t n)
+{
+    if ((size_t)(s->end - s->p) < n || memcmp(s->p, w, n) != 0)
+        return -1;
+    s->p += n;
+    return 0;
+}
+
+/* One value at s->p. on: the path's first `on` steps lead here (-1: off the path). */
+static int sc_value(scan *s, int depth, int on)
+{
+    const char *a, *b;
+    int esc, plain;
+    if (depth > SCAN_DEPTH) {
+        s->unsure = 1;
+        return -1;
+    }
+    sc_ws(s);
+    if (s->p >= s->end)
+        return -1;
+    if (on >= 0 && on < s->npath && ((s->path[on] == NULL) != (*s->p == '[')) &&
+        (*s->p == '[' || *s->p == '{'))
+        s->unsure = 1;  /* an object where an array is wanted, or the reverse */
+    switch (*s->p) {
+    case '{': {
+        int matched = 0;
+        s->p++;
+        sc_ws(s);
+        if (s->p < s->end && *s->p == '}') {
+            s->p++;
+            return 0;
+        }
+        for (;;) {
+            int next = -1;
+            sc_ws(s);
+            if (s->p >= s->end || *s->p != '"' || sc_string(s, &a, &b, &esc) != 0)
+                return -1;
+            if (on >= 0 && on < s->npath && s->path[on] != NULL && !matched) {
+                if (esc)
+                    s->unsure = 1;  /* it might spell the key */
+                else if (strlen(s->path[on]) == (size_t)(b - a) &&
+                         memcmp(s->path[on], a, (size_t)(b - a)) == 0)
+                    next = on + 1, matched = 1;  /* the first of its name counts, as in cJSON */
+            }
+            sc_ws(s);
+            if (s->p >= s->end || *s->p != ':')
+                return -1;
+            s->p++;
+            if (sc_value(s, depth + 1, next) != 0)
+                return -1;
+            sc_ws(s);
+            if (s->p < s->end && *s->p == ',') {
+                s->p++;
+                continue;
+            }
+            if (s->p < s->end && *s->p == '}') {
+                s->p++;
+                return 0;
+            }
+            return -1;
+        }
+    }
+    case '[': {
+        int last = on >= 0 && on < s->npath && s->path[on] == NULL;
+        s->p++;
+        if (last)
+            s->found = 0;  /* an empty array has no last element */
+        sc_ws(s);
+        if (s->p < s->end && *s->p == ']') {
+            s->p++;
+            return 0;
+        }
+        for (;;) {
+            if (last)
+                s->found = 0;  /* only the last element's counts */
+            if (sc_value(s, depth + 1, last ? on + 1 : -1) != 0)
+                return -1;
+            sc_ws(s);
+            if (s->p < s->end && *s->p == ',') {
+                s->p++;
+                continue;
+            }
+            if (s->p < s->end && *s->p == ']') {
+                s->p++;
+                return 0;
+            }
+            return -1;
+        }
+    }
+    case '"':
+        if (sc_string(s, &a, &b, &esc) != 0)
+            return -1;
+        if (on >= 0)
+            s->unsure = 1;  /* a string on the path */
+        return 0;
+    case 't':
+    case 'f':
+    case 'n':
+        if (sc_word(s, "true", 4) != 0 && sc_word(s, "false", 5) != 0 && sc_word(s, "null", 4) != 0)
+            return -1;
+        if (on >= 0)
+            s->unsure = 1;
+        return 0;
+    default: {
+        const char *tok = s->p;
+        if (sc_number(s, &plain) != 0)
+            return -1;
+        if (on == s->npath) {
+            uint64_t v = 0;
+            const char *q;
+            if (!plain || s->p - tok > 20) {
+                s->unsure = 1;
+                return 0;
+            }
+            for (q = tok; q < s->p; q++) {
+                unsigned d = (unsigned)(*q - '0');
+                if (v > (UINT64_MAX - d) / 10) {
+                    s->unsure = 1;  /* over 64 bits */
+                    return 0;
+                }
+                v = v * 10 + d;
+            }
+            s->val = v;
+            s->found = 1;
+        } else if (on >= 0) {
+            s->unsure = 1;
+        }
+        return 0;
+    }
+    }
+}
+
+int consul_json_scan_u64(const char *text, size_t len, const char *const *path, int npath,
+                         uint64_t *out)
+{
+    scan s;
+    if (text == NULL || npath < 1 || path[0] == NULL)
+        return 0;
+    s.p = text;
+    s.end = text + len;
+    s.path = path;
+    s.npath = npath;
+    s.found = s.unsure = 0;
+    s.val = 0;
+    if (sc_value(&s, 0, 0) != 0 || s.unsure || !s.found)
+        return 0;
+    sc_ws(&s);
+    if (s.p != s.end)
+        return 0;
+    *out = s.val;
+    return 1;
+}
+
 /* ---- JSON to Lua ---------------------------------------------------------- */
 
 void consul_push_u64(lua_State *L, uint64_t v)
@@ -694,6 +938,205 @@ int consul_json_push(lua_State *L, consul_json *d, cJSON *node, int flags, int64
     else
         lua_settop(L, top + 1);  /* the value, without what a failed branch left */
     return rc;
+}
+
+/* ---- KV records without a tree ------------------------------------------------ */
+
+/* The shape Consul writes a record list in, and nothing else: an array of objects whose
+ * members are strings without escapes, plain unsigned integers, true, false or null, Values
+ * of at most REC_VALUE_MAX decoded bytes. Checked and pushed as push_object does (the same
+ * field kinds, the same checks, the same Lua values); anything else, and a deadline passed,
+ * leaves the answer to the tree. */
+#define REC_VALUE_MAX 3072
+
+/* One member's value, pushed. 0 ok, -1 not sure (something may be pushed: the caller
+ * drops it). */
+static int rec_member(scan *s, lua_State *L, int kind)
+{
+    const char *a, *b, *tok = s->p;
+    int esc, plain;
+    sc_ws(s);
+    if (s->p >= s->end)
+        return -1;
+    tok = s->p;
+    switch (*s->p) {
+    case '"':
+        if (sc_string(s, &a, &b, &esc) != 0 || esc)
+            return -1;
+        if (kind == F_U64)
+            return -1;
+        if (kind == F_VALUE) {
+            unsigned char out[REC_VALUE_MAX];
+            size_t n = (size_t)(b - a);
+            long got;
+            if (n / 4 * 3 > REC_VALUE_MAX || (got = consul_base64_decode(a, n, out)) < 0)
+                return -1;
+            lua_pushlstring(L, (const char *)out, (size_t)got);
+        } else {
+            lua_pushlstring(L, a, (size_t)(b - a));
+        }
+        return 0;
+    case 'n':
+        if (sc_word(s, "null", 4) != 0 || kind == F_KEY || kind == F_U64)
+            return -1;
+        if (kind == F_VALUE)
+            lua_pushliteral(L, "");  /* Consul writes an empty value as null */
+        else
+            lua_pushnil(L);  /* an absent field: the caller skips it */
+        return 0;
+    case 't':
+    case 'f':
+        if (kind != F_PLAIN && kind != F_PAYLOAD)
+            return -1;
+        if (sc_word(s, "true", 4) == 0)
+            lua_pushboolean(L, 1);
+        else if (sc_word(s, "false", 5) == 0)
+            lua_pushboolean(L, 0);
+        else
+            return -1;
+        return 0;
+    default: {
+        uint64_t v = 0;
+        const char *q;
+        if (kind == F_KEY || kind == F_SESSION || kind == F_VALUE ||
+            sc_number(s, &plain) != 0 || !plain || s->unsure || s->p - tok > 20)
+            return -1;
+        for (q = tok; q < s->p; q++) {
+            unsigned d = (unsigned)(*q - '0');
+            if (v > (UINT64_MAX - d) / 10)
+                return -1;
+            v = v * 10 + d;
+        }
+        if (v <= (uint64_t)INT64_MAX)
+            lua_pushinteger(L, (lua_Integer)(int64_t)v);
+        else
+            consul_push_u64(L, v);
+        return 0;
+    }
+    }
+}
+
+/* One record at s->p ('{'), pushed as a table. cache: stack index of the names' Lua strings,
+ * names/lens the names they are (from the record before). 0 ok, -1 not sure. */
+static int rec_object(scan *s, lua_State *L, int cache, const char **names, size_t *lens,
+                      unsigned char *kinds)
+{
+    int i = 0, has_key = 0;
+    const char *a, *b;
+    int esc;
+    s->p++;
+    lua_createtable(L, 0, 8);
+    sc_ws(s);
+    if (s->p < s->end && *s->p == '}') {
+        s->p++;
+        return -1;  /* no Key: the tree says why */
+    }
+    for (;; i++) {
+        int kind;
+        size_t n;
+        sc_ws(s);
+        if (s->p >= s->end || *s->p != '"' || sc_string(s, &a, &b, &esc) != 0 || esc)
+            return -1;
+        n = (size_t)(b - a);
+        if (i < KEYS && names[i] != NULL && lens[i] == n && memcmp(names[i], a, n) == 0) {
+            kind = kinds[i];
+            lua_rawgeti(L, cache, i + 1);
+        } else {
+            char name[32];
+            if (n >= sizeof name)
+                return -1;  /* no field of a record is named so long */
+            memcpy(name, a, n);
+            name[n] = '\0';
+            kind = field_kind(name);
+            lua_pushlstring(L, a, n);
+            if (i < KEYS) {
+                names[i] = a;
+                lens[i] = n;
+                kinds[i] = (unsigned char)kind;
+                lua_pushvalue(L, -1);
+                lua_rawseti(L, cache, i + 1);
+            }
+        }
+        sc_ws(s);
+        if (s->p >= s->end || *s->p != ':')
+            return -1;
+        s->p++;
+        if (rec_member(s, L, kind) != 0)
+            return -1;
+        if (kind == F_KEY)
+            has_key = 1;
+        if (lua_isnil(L, -1))
+            lua_pop(L, 2);  /* null: an absent field reads as nil */
+        else
+            lua_rawset(L, -3);
+        sc_ws(s);
+        if (s->p < s->end && *s->p == ',') {
+            s->p++;
+            continue;
+        }
+        if (s->p < s->end && *s->p == '}') {
+            s->p++;
+            return has_key ? 0 : -1;
+        }
+        return -1;
+    }
+}
+
+int consul_json_push_records(lua_State *L, const char *text, size_t len, int64_t deadline)
+{
+    int top = lua_gettop(L), cache, arr;
+    const char *names[KEYS];
+    size_t lens[KEYS];
+    unsigned char kinds[KEYS];
+    lua_Integer i = 0;
+    scan s;
+    if (text == NULL)
+        return 0;
+    memset(names, 0, sizeof names);
+    memset(&s, 0, sizeof s);
+    s.p = text;
+    s.end = text + len;
+    luaL_checkstack(L, 8, "not enough memory");
+    lua_createtable(L, KEYS, 0);
+    cache = lua_gettop(L);
+    sc_ws(&s);
+    if (s.p >= s.end || *s.p != '[')
+        goto unsure;
+    s.p++;
+    lua_createtable(L, 0, 0);
+    arr = lua_gettop(L);
+    sc_ws(&s);
+    if (s.p < s.end && *s.p == ']') {
+        s.p++;
+    } else {
+        for (;;) {
+            sc_ws(&s);
+            if (s.p >= s.end || *s.p != '{' ||
+                rec_object(&s, L, cache, names, lens, kinds) != 0)
+                goto unsure;
+            lua_rawseti(L, arr, ++i);
+            if ((i & 255) == 0 && consul_now_ms() > deadline)
+                goto unsure;  /* the tree's way says "timeout" */
+            sc_ws(&s);
+            if (s.p < s.end && *s.p == ',') {
+                s.p++;
+                continue;
+            }
+            if (s.p < s.end && *s.p == ']') {
+                s.p++;
+                break;
+            }
+            goto unsure;
+        }
+    }
+    sc_ws(&s);
+    if (s.p != s.end)
+        goto unsure;
+    lua_remove(L, cache);
+    return 1;
+unsure:
+    lua_settop(L, top);
+    return 0;
 }
 
 /* ---- Lua to JSON ---------------------------------------------------------- */

@@ -168,7 +168,10 @@ static int take_refused(const consul_resp *rs)
 /* The ModifyIndex of the last result of a txn answer (the lock or unlock op's). */
 static int txn_index(consul_mach *m, const consul_resp *rs, uint64_t *mi)
 {
+    static const char *const path[] = { "Results", NULL, "KV", "ModifyIndex" };
     cJSON *r, *last = NULL;
+    if (consul_json_scan_u64(rs->body, rs->body_len, path, 4, mi) == 1)
+        return 0;  /* as Consul writes it: no tree needed */
     if (consul_mach_parse(m, rs) != 0)
         return -1;
     cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(m->doc.root, "Results"))

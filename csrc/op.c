@@ -572,7 +572,8 @@ static size_t json_values(const char *p, size_t n)
     return count;
 }
 
-static int parse(consul_op *op)
+/* What is looked at before a JSON answer is read: the time, and how many values it holds. */
+static int parse_check(consul_op *op)
 {
     consul_resp *rs = &op->m.last;
     size_t cap = op->m.conf->max_answer / 32;
@@ -583,6 +584,15 @@ static int parse(consul_op *op)
                  cap);
         return -CONSUL_EDECODE;
     }
+    return CONSUL_OK;
+}
+
+static int parse(consul_op *op)
+{
+    consul_resp *rs = &op->m.last;
+    int rc = parse_check(op);
+    if (rc != CONSUL_OK)
+        return rc;
     if (consul_json_parse(&op->m.doc, rs->body, rs->body_len) != 0)
         return CONSUL_EDECODE;
     return consul_now_ms() > op->deadline ? CONSUL_ETIMEOUT : CONSUL_OK;
@@ -686,7 +696,16 @@ static int results(lua_State *L, consul_op *op)
         break;
     }
 
-    /* the rest is JSON */
+    /* the rest is JSON; a record list as Consul writes it needs no tree */
+    if ((op->answer == CONSUL_ANS_RECORDS || op->answer == CONSUL_ANS_PAIRS) &&
+        parse_check(op) == CONSUL_OK &&
+        consul_json_push_records(L, rs->body, rs->body_len, op->deadline)) {
+        if (op->answer == CONSUL_ANS_PAIRS) {
+            consul_kv_pairs_iter(L);
+            return 1;
+        }
+        return ok3(L, op);
+    }
     if ((rc = parse(op)) != CONSUL_OK)
         return decode_failure(L, op, rc);
     root = op->m.doc.root;

@@ -1,7 +1,10 @@
 /*
  * fuzz_json.c: JSON text to Lua values. The first byte picks the decoding flags (base64
  * Values and Payloads, KV record checks); the rest is the text. Every number node is also
- * read as an exact integer, and every string as its bytes.
+ * read as an exact integer, and every string as its bytes. Where the scan without a tree
+ * (consul_json_scan_u64) answers a txn's Results[last].KV.ModifyIndex, cJSON must agree;
+ * where the record list's fast path (consul_json_push_records) pushes, the tree's push must
+ * push the same Lua value.
  */
 #include "fuzz.h"
 
@@ -23,6 +26,76 @@ static void walk(consul_json *d, cJSON *n)
     }
 }
 
+/* The fast path may only answer what cJSON answers the same: else abort (a finding). */
+static void check_scan(const char *text, size_t len, int parsed, consul_json *d)
+{
+    static const char *const path[] = { "Results", NULL, "KV", "ModifyIndex" };
+    uint64_t fast, slow;
+    cJSON *r, *last = NULL;
+    if (consul_json_scan_u64(text, len, path, 4, &fast) != 1)
+        return;
+    if (!parsed)
+        abort();
+    cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(d->root, "Results"))
+        last = r;
+    if (consul_json_u64(d, cJSON_GetObjectItemCaseSensitive(
+                               cJSON_GetObjectItemCaseSensitive(last, "KV"), "ModifyIndex"),
+                        &slow) != 0 || slow != fast)
+        abort();
+}
+
+/* The values at a and b are the same: scalars raw-equal, tables with the same keys and
+ * values (a record list's tables hold only scalars below the records). */
+static int same(lua_State *S, int a, int b, int depth)
+{
+    a = lua_absindex(S, a);
+    b = lua_absindex(S, b);
+    if (lua_type(S, a) != lua_type(S, b))
+        return 0;
+    if (lua_type(S, a) != LUA_TTABLE)
+        return lua_rawequal(S, a, b);
+    if (depth > 3 || lua_rawlen(S, a) != lua_rawlen(S, b))
+        return 0;
+    lua_pushnil(S);
+    while (lua_next(S, a) != 0) {
+        lua_pushvalue(S, -2);
+        lua_rawget(S, b);
+        if (!same(S, -2, -1, depth + 1)) {
+            lua_pop(S, 3);
+            return 0;
+        }
+        lua_pop(S, 2);
+    }
+    lua_pushnil(S);
+    while (lua_next(S, b) != 0) {  /* nothing in b that a lacks */
+        lua_pushvalue(S, -2);
+        lua_rawget(S, a);
+        if (lua_isnil(S, -1)) {
+            lua_pop(S, 3);
+            return 0;
+        }
+        lua_pop(S, 2);
+    }
+    return 1;
+}
+
+/* records(text, len, doc or nil): pushes with the fast path; where it did, the tree must
+ * push the same (abort otherwise). */
+static int records(lua_State *S)
+{
+    const char *text = lua_touserdata(S, 1);
+    size_t len = (size_t)lua_tointeger(S, 2);
+    consul_json *d = lua_touserdata(S, 3);
+    lua_settop(S, 0);
+    if (consul_json_push_records(S, text, len, CONSUL_NEVER) != 1)
+        return 0;
+    if (d == NULL || consul_json_push(S, d, NULL, CONSUL_JSON_KVREC | CONSUL_JSON_B64VALUE,
+                                      CONSUL_NEVER) != CONSUL_OK ||
+        !same(S, 1, 2, 0))
+        abort();
+    return 0;
+}
+
 static int push(lua_State *S)
 {
     consul_json *d = lua_touserdata(S, 1);
@@ -35,7 +108,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     consul_json d;
     char *text;
-    int flags;
+    int flags, parsed;
     if (size < 1)
         return 0;
     if (L == NULL)
@@ -45,7 +118,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(text, data + 1, size - 1);
     text[size - 1] = '\0';
     memset(&d, 0, sizeof d);
-    if (consul_json_parse(&d, text, size - 1) == 0) {
+    parsed = consul_json_parse(&d, text, size - 1) == 0;
+    check_scan(text, size - 1, parsed, &d);
+    if (flags == (CONSUL_JSON_KVREC | CONSUL_JSON_B64VALUE)) {
+        lua_pushcfunction(L, records);
+        lua_pushlightuserdata(L, text);
+        lua_pushinteger(L, (lua_Integer)(size - 1));
+        if (parsed)
+            lua_pushlightuserdata(L, &d);
+        else
+            lua_pushnil(L);
+        lua_pcall(L, 3, 0, 0);  /* only memory can raise */
+        lua_settop(L, 0);
+    }
+    if (parsed) {
         walk(&d, d.root);
         lua_pushcfunction(L, push);
         lua_pushlightuserdata(L, &d);

@@ -260,6 +260,57 @@ describe("consul kv", function()
       end
     end)
 
+    it("reads every record as kv:record does, whether the list is read straight from the text or through a tree", function()
+      -- A list as Consul writes it most often (no escapes, short values) is pushed straight
+      -- from the answer's text; one with an escaped key (Go writes <, > and & as
+      -- \u00XX), a quote or a backslash, or a Value over 3 KiB goes through cJSON's tree.
+      -- Both must give what kv:record (always the tree) gives, field for field.
+      local sid = assert(c.session:create({ TTL = "30s", LockDelay = 0 }))
+      local bin = {}
+      for i = 0, 255 do bin[#bin + 1] = string.char(i) end
+      bin = table.concat(bin)
+      local sets = {
+        plain = {},
+        escaped = { "a<b", "c&d>e", "q\"uote", "back\\slash", "caf\u{e9}", "smile\u{1F600}" },
+        long = {},
+      }
+      for i = 1, 300 do sets.plain[i] = ("%04d"):format(i) end
+      for i = 1, 4 do sets.long[i] = "v" .. i end
+      local values = { long = { bin:rep(12), bin:rep(12) .. "x", ("\0"):rep(5000), "" } }
+      for name, keys in pairs(sets) do
+        for i, k in ipairs(keys) do
+          local v = values[name] and values[name][i] or (i % 7 == 0 and "" or bin:sub(1, i % 200))
+          local opts = { flags = i * 1000003 }
+          if i % 5 == 0 then opts.acquire = sid end
+          local ok, err = c.kv:put(P .. "paths/" .. name .. "/" .. k, v, opts)
+          assert.is_true(ok, err)
+        end
+        local t = assert(c.kv:list(P .. "paths/" .. name .. "/"))
+        assert.are.equal(#keys, #t, name)
+        for _, r in ipairs(t) do
+          local want = assert(c.kv:record(r.Key))
+          local n = 0
+          for f, v in pairs(r) do
+            n = n + 1
+            assert.are.equal(want[f], v, name .. " " .. r.Key .. " " .. f)
+          end
+          for _ in pairs(want) do n = n - 1 end
+          assert.are.equal(0, n, "the same fields: " .. r.Key)
+        end
+        -- and what was put
+        local byk = {}
+        for _, r in ipairs(t) do byk[r.Key] = r end
+        for i, k in ipairs(keys) do
+          local r = byk[P .. "paths/" .. name .. "/" .. k]
+          assert.is_table(r, k)
+          assert.are.equal(values[name] and values[name][i] or (i % 7 == 0 and "" or bin:sub(1, i % 200)), r.Value, k)
+          assert.are.equal(i * 1000003, r.Flags, k)
+          assert.are.equal(i % 5 == 0 and sid or nil, r.Session, k)
+        end
+      end
+      c.session:destroy(sid)
+    end)
+
     it("lists the whole store for a nil prefix", function()
       assert.is_true((c.kv:put(P .. "list/whole", "w")))
       local t, err = c.kv:list(nil)
