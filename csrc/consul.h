@@ -307,6 +307,9 @@ int consul_json_i64(consul_json *d, const cJSON *n, int64_t *out);
  * 1 found (*out), 0 not sure (anything else): then ask cJSON, which decides. */
 int consul_json_scan_u64(const char *text, size_t len, const char *const *path, int npath,
                          uint64_t *out);
+/* The same for a string written without escapes: its bytes in the text. */
+int consul_json_scan_str(const char *text, size_t len, const char *const *path, int npath,
+                         const char **str, size_t *n);
 /* The string field name of object o, if it is one: its bytes, else NULL. */
 const char *consul_json_field_str(const consul_json *d, const cJSON *o, const char *name,
                                   size_t *len);

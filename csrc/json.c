@@ -427,7 +427,10 @@ typedef struct scan {
     const char *const *path;
     int npath;
     int found, unsure;
+    int is_str;         /* what was found: a string [str, str + str_len), else val */
     uint64_t val;
+    const char *str;
+    size_t str_len;
 } scan;
 
 static void sc_ws(scan *s)
@@ -597,8 +600,13 @@ static int sc_value(scan *s, int depth, int on)
     case '"':
         if (sc_string(s, &a, &b, &esc) != 0)
             return -1;
-        if (on >= 0)
-            s->unsure = 1;  /* a string on the path */
+        if (on == s->npath && !esc) {
+            s->found = s->is_str = 1;
+            s->str = a;
+            s->str_len = (size_t)(b - a);
+        } else if (on >= 0) {
+            s->unsure = 1;  /* escapes, or a string on the way */
+        }
         return 0;
     case 't':
     case 'f':
@@ -629,6 +637,7 @@ static int sc_value(scan *s, int depth, int on)
             }
             s->val = v;
             s->found = 1;
+            s->is_str = 0;
         } else if (on >= 0) {
             s->unsure = 1;
         }
@@ -637,24 +646,40 @@ static int sc_value(scan *s, int depth, int on)
     }
 }
 
+/* The whole text scanned for path: 1 found (s says what), 0 not sure. */
+static int scan_path(scan *s, const char *text, size_t len, const char *const *path, int npath)
+{
+    if (text == NULL || npath < 1 || path[0] == NULL)
+        return 0;
+    memset(s, 0, sizeof *s);
+    s->p = text;
+    s->end = text + len;
+    s->path = path;
+    s->npath = npath;
+    if (sc_value(s, 0, 0) != 0 || s->unsure || !s->found)
+        return 0;
+    sc_ws(s);
+    return s->p == s->end;
+}
+
 int consul_json_scan_u64(const char *text, size_t len, const char *const *path, int npath,
                          uint64_t *out)
 {
     scan s;
-    if (text == NULL || npath < 1 || path[0] == NULL)
-        return 0;
-    s.p = text;
-    s.end = text + len;
-    s.path = path;
-    s.npath = npath;
-    s.found = s.unsure = 0;
-    s.val = 0;
-    if (sc_value(&s, 0, 0) != 0 || s.unsure || !s.found)
-        return 0;
-    sc_ws(&s);
-    if (s.p != s.end)
+    if (!scan_path(&s, text, len, path, npath) || s.is_str)
         return 0;
     *out = s.val;
+    return 1;
+}
+
+int consul_json_scan_str(const char *text, size_t len, const char *const *path, int npath,
+                         const char **str, size_t *n)
+{
+    scan s;
+    if (!scan_path(&s, text, len, path, npath) || !s.is_str)
+        return 0;
+    *str = s.str;
+    *n = s.str_len;
     return 1;
 }
 

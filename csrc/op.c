@@ -598,6 +598,20 @@ static int parse(consul_op *op)
     return consul_now_ms() > op->deadline ? CONSUL_ETIMEOUT : CONSUL_OK;
 }
 
+/* An answer that is only true or false (and JSON white space): 1, 0; else -1. */
+static int bool_text(const char *b, size_t n)
+{
+    while (n > 0 && (b[n - 1] == ' ' || b[n - 1] == '\n' || b[n - 1] == '\r' || b[n - 1] == '\t'))
+        n--;
+    while (n > 0 && (*b == ' ' || *b == '\n' || *b == '\r' || *b == '\t'))
+        b++, n--;
+    if (n == 4 && memcmp(b, "true", 4) == 0)
+        return 1;
+    if (n == 5 && memcmp(b, "false", 5) == 0)
+        return 0;
+    return -1;
+}
+
 /* result, nil, meta with the result at -1 */
 static int ok3(lua_State *L, consul_op *op)
 {
@@ -696,7 +710,23 @@ static int results(lua_State *L, consul_op *op)
         break;
     }
 
-    /* the rest is JSON; a record list as Consul writes it needs no tree */
+    /* the rest is JSON; a record list, a bool or an ID as Consul writes them need no tree */
+    if ((op->answer == CONSUL_ANS_BOOL || op->answer == CONSUL_ANS_ID) &&
+        parse_check(op) == CONSUL_OK) {
+        static const char *const id_path[] = { "ID" };
+        const char *id;
+        size_t n;
+        if (op->answer == CONSUL_ANS_ID) {
+            if (consul_json_scan_str(rs->body, rs->body_len, id_path, 1, &id, &n) &&
+                consul_valid_id(id, n)) {
+                lua_pushlstring(L, id, n);
+                return ok3(L, op);
+            }
+        } else if ((rc = bool_text(rs->body, rs->body_len)) >= 0) {
+            lua_pushboolean(L, rc);
+            return ok3(L, op);
+        }
+    }
     if ((op->answer == CONSUL_ANS_RECORDS || op->answer == CONSUL_ANS_PAIRS) &&
         parse_check(op) == CONSUL_OK &&
         consul_json_push_records(L, rs->body, rs->body_len, op->deadline)) {

@@ -60,13 +60,17 @@ int consul_sess_create(consul_mach *m)
 int consul_sess_created(consul_mach *m, const consul_resp *rs)
 {
     consul_lock *lk = m->lk;
+    static const char *const path[] = { "ID" };
     const char *id;
     size_t n;
-    if (consul_mach_parse(m, rs) != 0)
-        return -1;
-    id = consul_json_field_str(&m->doc, m->doc.root, "ID", &n);
-    if (!cJSON_IsObject(m->doc.root) || id == NULL || !consul_valid_id(id, n) ||
-        n >= sizeof lk->session) {
+    if (!consul_json_scan_str(rs->body, rs->body_len, path, 1, &id, &n)) {
+        if (consul_mach_parse(m, rs) != 0)
+            return -1;
+        id = consul_json_field_str(&m->doc, m->doc.root, "ID", &n);
+        if (!cJSON_IsObject(m->doc.root))
+            id = NULL;
+    }
+    if (id == NULL || !consul_valid_id(id, n) || n >= sizeof lk->session) {
         m->last = *rs;
         m->last.code = CONSUL_EDECODE;
         snprintf(m->last.error, sizeof m->last.error, "no session ID in the answer");

@@ -2,7 +2,8 @@
  * fuzz_json.c: JSON text to Lua values. The first byte picks the decoding flags (base64
  * Values and Payloads, KV record checks); the rest is the text. Every number node is also
  * read as an exact integer, and every string as its bytes. Where the scan without a tree
- * (consul_json_scan_u64) answers a txn's Results[last].KV.ModifyIndex, cJSON must agree;
+ * (consul_json_scan_u64, _str) answers a txn's Results[last].KV.ModifyIndex or an object's
+ * "ID", cJSON must agree;
  * where the record list's fast path (consul_json_push_records) pushes, the tree's push must
  * push the same Lua value.
  */
@@ -32,6 +33,15 @@ static void check_scan(const char *text, size_t len, int parsed, consul_json *d)
     static const char *const path[] = { "Results", NULL, "KV", "ModifyIndex" };
     uint64_t fast, slow;
     cJSON *r, *last = NULL;
+    static const char *const id[] = { "ID" };
+    const char *str, *want;
+    size_t n, wn;
+    if (consul_json_scan_str(text, len, id, 1, &str, &n) == 1) {
+        want = parsed && cJSON_IsObject(d->root) ? consul_json_field_str(d, d->root, "ID", &wn)
+                                                 : NULL;
+        if (want == NULL || wn != n || memcmp(want, str, n) != 0)
+            abort();
+    }
     if (consul_json_scan_u64(text, len, path, 4, &fast) != 1)
         return;
     if (!parsed)

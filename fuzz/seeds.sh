@@ -36,6 +36,7 @@ body catalog-services /v1/catalog/services
 body health-node "/v1/health/node/$(curl -sf "$u/v1/agent/self" | python3 -c 'import json,sys;print(json.load(sys.stdin)["Config"]["NodeName"])')"
 body event-list /v1/event/list
 body txn /v1/txn PUT '[{"KV":{"Verb":"get","Key":"seed/a"}},{"KV":{"Verb":"lock","Key":"seed/t","Session":"'"$sid"'","Flags":3304740253564472344,"Value":"eA=="}}]'
+body session-create /v1/session/create PUT '{"Name":"seed","TTL":"15s"}'
 body leader /v1/status/leader
 # wire: a piece-size byte, then the whole answer as it came, chunked framing and all
 for p in /v1/kv/seed/a '/v1/kv/seed/a?raw' /v1/agent/self /v1/catalog/nodes '/v1/kv/nope'; do
