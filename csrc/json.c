@@ -516,11 +516,26 @@ static int sc_word(scan *s, const char *w, size_t n)
     return 0;
 }
 
+/* After a member or an element: 1 a comma (another follows), 0 the closing bracket, -1 neither. */
+static int sc_next(scan *s, char close)
+{
+    sc_ws(s);
+    if (s->p < s->end && *s->p == ',') {
+        s->p++;
+        return 1;
+    }
+    if (s->p < s->end && *s->p == close) {
+        s->p++;
+        return 0;
+    }
+    return -1;
+}
+
 /* One value at s->p. on: the path's first `on` steps lead here (-1: off the path). */
 static int sc_value(scan *s, int depth, int on)
 {
     const char *a, *b;
-    int esc, plain;
+    int esc, plain, r;
     if (depth > SCAN_DEPTH) {
         s->unsure = 1;
         return -1;
@@ -558,16 +573,8 @@ static int sc_value(scan *s, int depth, int on)
             s->p++;
             if (sc_value(s, depth + 1, next) != 0)
                 return -1;
-            sc_ws(s);
-            if (s->p < s->end && *s->p == ',') {
-                s->p++;
-                continue;
-            }
-            if (s->p < s->end && *s->p == '}') {
-                s->p++;
-                return 0;
-            }
-            return -1;
+            if ((r = sc_next(s, '}')) <= 0)
+                return r;
         }
     }
     case '[': {
@@ -585,16 +592,8 @@ static int sc_value(scan *s, int depth, int on)
                 s->found = 0;  /* only the last element's counts */
             if (sc_value(s, depth + 1, last ? on + 1 : -1) != 0)
                 return -1;
-            sc_ws(s);
-            if (s->p < s->end && *s->p == ',') {
-                s->p++;
-                continue;
-            }
-            if (s->p < s->end && *s->p == ']') {
-                s->p++;
-                return 0;
-            }
-            return -1;
+            if ((r = sc_next(s, ']')) <= 0)
+                return r;
         }
     }
     case '"':
@@ -1046,7 +1045,7 @@ static int rec_member(scan *s, lua_State *L, int kind)
 static int rec_object(scan *s, lua_State *L, int cache, const char **names, size_t *lens,
                       unsigned char *kinds)
 {
-    int i = 0, has_key = 0;
+    int i = 0, has_key = 0, r;
     const char *a, *b;
     int esc;
     s->p++;
@@ -1094,22 +1093,14 @@ static int rec_object(scan *s, lua_State *L, int cache, const char **names, size
             lua_pop(L, 2);  /* null: an absent field reads as nil */
         else
             lua_rawset(L, -3);
-        sc_ws(s);
-        if (s->p < s->end && *s->p == ',') {
-            s->p++;
-            continue;
-        }
-        if (s->p < s->end && *s->p == '}') {
-            s->p++;
-            return has_key ? 0 : -1;
-        }
-        return -1;
+        if ((r = sc_next(s, '}')) <= 0)
+            return r == 0 && has_key ? 0 : -1;
     }
 }
 
 int consul_json_push_records(lua_State *L, const char *text, size_t len, int64_t deadline)
 {
-    int top = lua_gettop(L), cache, arr;
+    int top = lua_gettop(L), cache, arr, r;
     const char *names[KEYS];
     size_t lens[KEYS];
     unsigned char kinds[KEYS];
@@ -1142,16 +1133,10 @@ int consul_json_push_records(lua_State *L, const char *text, size_t len, int64_t
             lua_rawseti(L, arr, ++i);
             if ((i & 255) == 0 && consul_now_ms() > deadline)
                 goto unsure;  /* the tree's way says "timeout" */
-            sc_ws(&s);
-            if (s.p < s.end && *s.p == ',') {
-                s.p++;
-                continue;
-            }
-            if (s.p < s.end && *s.p == ']') {
-                s.p++;
+            if ((r = sc_next(&s, ']')) < 0)
+                goto unsure;
+            if (r == 0)
                 break;
-            }
-            goto unsure;
         }
     }
     sc_ws(&s);
