@@ -508,6 +508,22 @@ static int sc_number(scan *s, int *plain)
     return 0;
 }
 
+/* The value of plain digits [p, end) (a token sc_number found plain): 0, or -1 over 64 bits. */
+static int digits_u64(const char *p, const char *end, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (end - p > 20)
+        return -1;
+    for (; p < end; p++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
 static int sc_word(scan *s, const char *w, size_t n)
 {
     if ((size_t)(s->end - s->p) < n || memcmp(s->p, w, n) != 0)
@@ -620,19 +636,10 @@ static int sc_value(scan *s, int depth, int on)
         if (sc_number(s, &plain) != 0)
             return -1;
         if (on == s->npath) {
-            uint64_t v = 0;
-            const char *q;
-            if (!plain || s->p - tok > 20) {
-                s->unsure = 1;
+            uint64_t v;
+            if (!plain || digits_u64(tok, s->p, &v) != 0) {
+                s->unsure = 1;  /* not plain digits, or over 64 bits */
                 return 0;
-            }
-            for (q = tok; q < s->p; q++) {
-                unsigned d = (unsigned)(*q - '0');
-                if (v > (UINT64_MAX - d) / 10) {
-                    s->unsure = 1;  /* over 64 bits */
-                    return 0;
-                }
-                v = v * 10 + d;
             }
             s->val = v;
             s->found = 1;
@@ -977,7 +984,7 @@ int consul_json_push(lua_State *L, consul_json *d, cJSON *node, int flags, int64
  * drops it). */
 static int rec_member(scan *s, lua_State *L, int kind)
 {
-    const char *a, *b, *tok = s->p;
+    const char *a, *b, *tok;
     int esc, plain;
     sc_ws(s);
     if (s->p >= s->end)
@@ -1020,17 +1027,10 @@ static int rec_member(scan *s, lua_State *L, int kind)
             return -1;
         return 0;
     default: {
-        uint64_t v = 0;
-        const char *q;
+        uint64_t v;
         if (kind == F_KEY || kind == F_SESSION || kind == F_VALUE ||
-            sc_number(s, &plain) != 0 || !plain || s->unsure || s->p - tok > 20)
+            sc_number(s, &plain) != 0 || !plain || s->unsure || digits_u64(tok, s->p, &v) != 0)
             return -1;
-        for (q = tok; q < s->p; q++) {
-            unsigned d = (unsigned)(*q - '0');
-            if (v > (UINT64_MAX - d) / 10)
-                return -1;
-            v = v * 10 + d;
-        }
         if (v <= (uint64_t)INT64_MAX)
             lua_pushinteger(L, (lua_Integer)(int64_t)v);
         else

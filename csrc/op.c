@@ -587,12 +587,10 @@ static int parse_check(consul_op *op)
     return CONSUL_OK;
 }
 
+/* The answer's tree, once parse_check has passed. */
 static int parse(consul_op *op)
 {
     consul_resp *rs = &op->m.last;
-    int rc = parse_check(op);
-    if (rc != CONSUL_OK)
-        return rc;
     if (consul_json_parse(&op->m.doc, rs->body, rs->body_len) != 0)
         return CONSUL_EDECODE;
     return consul_now_ms() > op->deadline ? CONSUL_ETIMEOUT : CONSUL_OK;
@@ -711,8 +709,9 @@ static int results(lua_State *L, consul_op *op)
     }
 
     /* the rest is JSON; a record list, a bool or an ID as Consul writes them need no tree */
-    if ((op->answer == CONSUL_ANS_BOOL || op->answer == CONSUL_ANS_ID) &&
-        parse_check(op) == CONSUL_OK) {
+    if ((rc = parse_check(op)) != CONSUL_OK)
+        return decode_failure(L, op, rc);
+    if (op->answer == CONSUL_ANS_BOOL || op->answer == CONSUL_ANS_ID) {
         static const char *const id_path[] = { "ID" };
         const char *id;
         size_t n;
@@ -728,7 +727,6 @@ static int results(lua_State *L, consul_op *op)
         }
     }
     if ((op->answer == CONSUL_ANS_RECORDS || op->answer == CONSUL_ANS_PAIRS) &&
-        parse_check(op) == CONSUL_OK &&
         consul_json_push_records(L, rs->body, rs->body_len, op->deadline)) {
         if (op->answer == CONSUL_ANS_PAIRS) {
             consul_kv_pairs_iter(L);
