@@ -21,9 +21,11 @@ int consul_buf_reserve(consul_buf *b, size_t extra)
     need = b->len + extra + 1;
     if (need <= b->cap)
         return 0;
-    cap = b->cap ? b->cap : 256;
-    while (cap < need)
-        cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+    /* doubling, for what grows by pieces; exactly what is asked, for a jump past that (a body
+     * of known length: 1 MiB + 1 is not rounded up to 2 MiB) */
+    cap = b->cap == 0 ? 256 : b->cap > SIZE_MAX / 2 ? need : b->cap * 2;
+    if (cap < need)
+        cap = need;
     p = realloc(b->data, cap);
     if (p == NULL)
         return -1;
