@@ -542,9 +542,9 @@ int consul_push_op_failure(lua_State *L, consul_op *op)
 
 /* An answer's body as the call's string. A big one is first told to the collector (a step for
  * that many KiB, unless the user stopped it): the answer's buffer is memory Lua does not see, and
- * without the step a loop of 1 MiB reads held one or two of its old values, garbage, as each new
- * one was made (measured: 2 MiB more peak RSS). A step may run finalizers; nothing here is
- * borrowed from Lua. */
+ * without the step a loop of 1 MiB reads held its last value, garbage, as each new one was made
+ * (measured in make bench: about 1 MiB more peak RSS). A step may run finalizers; nothing here
+ * is borrowed from Lua. */
 #define BIG_BODY ((size_t)256 << 10)
 
 static void push_body(lua_State *L, const char *p, size_t n)
