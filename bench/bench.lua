@@ -42,7 +42,7 @@ BENCH_ONLY=id,id (only these workloads and checks).
 --   n        timed operations per measurement (scaled by BENCH_SCALE)
 --   extra    optional argument passed to both sides (list: the number of records expected)
 --   warmup   untimed operations before the timed loop (rawbench has its own, the same)
---   alt      optional rawbench workload reported as an extra baseline (information)
+--   alts     optional rawbench workloads reported as extra baselines (information): { id, label }
 --   goal     { ops = min throughput ratio, cpu = max CPU/op ratio, rss_kb = max peak RSS over raw }
 --   run      function(c, n, extra, i0): the module side, n operations starting at i0
 
@@ -86,7 +86,8 @@ local workloads = {
         if ok ~= true then error("session destroy: " .. tostring(derr)) end
       end
     end },
-  { id = "lock", label = "lock cycle", n = 2000, warmup = 10, alt = "lock-go",
+  { id = "lock", label = "lock cycle", n = 2000, warmup = 10,
+    alts = { { id = "lock-plain", label = "vs plain 4 req" }, { id = "lock-go", label = "vs Go's 5 req" } },
     goal = { ops = 0.95, cpu = 1.2 },
     run = function(c, n)
       for _ = 1, n do
@@ -474,26 +475,30 @@ for _, w in ipairs(workloads) do
   if not wanted(w.id) then goto next_workload end
   local n = math.max(1, math.floor(w.n * SCALE + 0.5))
   local sides = { "raw", "module" }
-  if w.alt then sides[#sides + 1] = "alt" end
-  local got = { raw = {}, module = {}, alt = {} }
+  local got = { raw = {}, module = {} }
+  for i, a in ipairs(w.alts or {}) do
+    sides[#sides + 1] = i
+    got[i] = {}
+  end
   for r = 1, ROUNDS do
     -- rotate who goes first, so warm-up or drift does not favour one side
     local order = {}
     for i = 1, #sides do order[i] = sides[(i + r - 2) % #sides + 1] end
     for _, side in ipairs(order) do
-      local id = side == "alt" and w.alt or w.id
-      local res = measure(side == "module" and "module" or "raw", id, n, w.extra)
+      local alt = w.alts and w.alts[side]
+      local res = measure(side == "module" and "module" or "raw", alt and alt.id or w.id, n, w.extra)
       if VERBOSE then
-        io.stderr:write(string.format("  %-12s round %d %-6s %9.0f ops/s %8.1f us cpu/op\n", w.id, r,
-          side, res.ops_s, res.cpu_op * 1e6))
+        io.stderr:write(string.format("  %-12s round %d %-10s %9.0f ops/s %8.1f us cpu/op\n", w.id, r,
+          alt and alt.id or side, res.ops_s, res.cpu_op * 1e6))
       end
       table.insert(got[side], res)
     end
   end
+  local alts = {}
+  for i, a in ipairs(w.alts or {}) do alts[i] = { label = a.label, s = summarize(got[i]) } end
   results[#results + 1] = {
     w = w, n = n,
-    raw = summarize(got.raw), module = summarize(got.module),
-    alt = w.alt and summarize(got.alt) or nil,
+    raw = summarize(got.raw), module = summarize(got.module), alts = alts,
   }
   ::next_workload::
 end
@@ -541,15 +546,21 @@ end
 print("agent cpu/op: the agent's CPU per op, module over raw (what the agent is given to do).")
 
 for _, r in ipairs(results) do
-  if r.alt then
+  if #r.alts > 0 then
     local function reqs(x) return x.req_op and string.format("%.2f", x.req_op) or "?" end
+    local parts = {}
+    for _, a in ipairs(r.alts) do parts[#parts + 1] = a.label:gsub("^vs ", "") .. " " .. reqs(a.s) end
     print()
     print(string.format("%s: one op = c:lock(key) + lock:release() on the same key; requests/op: " ..
-      "module %s, raw %s (the least: create, ?acquire, ?release, destroy), Go's algorithm %s",
-      r.w.label, reqs(r.module), reqs(r.raw), reqs(r.alt)))
-    print(string.format(fmt, "vs Go's 5 req", r.n, string.format("%.0f", r.module.ops_s),
-      string.format("%.0f", r.alt.ops_s), ratio(r.module.ops_s / r.alt.ops_s), us(r.module.cpu_op),
-      us(r.alt.cpu_op), ratio(r.module.cpu_op / r.alt.cpu_op), "", "", "(information)"))
+      "module %s, raw %s (the least with a fence: create, txn check-index + lock, txn unlock, " ..
+      "destroy); %s", r.w.label, reqs(r.module), reqs(r.raw), table.concat(parts, ", ")))
+    for _, a in ipairs(r.alts) do
+      print(string.format(fmt, a.label, r.n, string.format("%.0f", r.module.ops_s),
+        string.format("%.0f", a.s.ops_s), ratio(r.module.ops_s / a.s.ops_s), us(r.module.cpu_op),
+        us(a.s.cpu_op), ratio(r.module.cpu_op / a.s.cpu_op), "", "", "(information)"))
+    end
+    print("  plain: ?acquire= / ?release= give no fence, and the acquire takes any free key, " ..
+      "a lock or not")
   end
 end
 

@@ -8,8 +8,10 @@ load, side by side in the same run:
                receiveuntil the head, receive Content-Length bytes, setkeepalive: the limit
                of a cosocket client
   (c) empty    a handler that calls nothing: nginx's own ceiling
-and the same for a lock cycle (c:lock(k, {wait = 0}) + release(), against the 4 requests the
-least raw cosocket client makes: session create, ?acquire=, ?release=, session destroy).
+and the same for a lock cycle (c:lock(k, {wait = 0}) + release(), against the same 4 requests
+made raw over cosockets, as issue 9 asks: session create, the txn check-index + lock (the
+fence), the txn unlock, session destroy; and, for information, 4 plain requests without the
+contract's guarantees: create, ?acquire=, ?release=, destroy).
 Worker CPU per request is the worker's utime + stime (/proc) over the run, divided by the
 requests wrk counted. Also: lock hand-over between two handlers (light threads) of one
 worker, and a KV get's p99 latency with 100 handlers parked in blocking queries against idle.
@@ -74,7 +76,7 @@ local function raw_request(method, path, body)
   local len = tonumber(head:match("[Cc]ontent%-[Ll]ength:%s*(%d+)"))
   local data = len and len > 0 and sock:receive(len) or ""
   sock:setkeepalive(60000, 64)
-  return data
+  return data, tonumber(head:match("^HTTP/1%.%d (%d+)"))
 end
 
 function _M.raw()
@@ -99,9 +101,43 @@ function _M.lock()
   ngx.print("1")
 end
 
+-- The same requests as the module's lock cycle, made raw (issue 9: "the same requests made
+-- raw over cosockets"): session create with the same definition; PUT /v1/txn [check-index at
+-- the index this key's last release left, lock], whose last result is the fence (a key seen
+-- for the first time is read first, as the module does); PUT /v1/txn [unlock], whose result
+-- is the index the next take checks; session destroy. /rawplain: 4 plain requests without
+-- the contract's guarantees (no fence; ?acquire= takes any free key), for information.
 local FLAGS = "3304740253564472344"
+local SESSION = '{"Name":"Lua lock","TTL":"15s","LockDelay":"15s","Behavior":"release"}'
+local raw_index = {}   -- key -> the ModifyIndex our last release left it at
+local function last_index(body) return body and tonumber(body:match('.*"ModifyIndex":%s*(%d+)')) end
+
 function _M.rawlock()
-  local key = "/v1/kv/bench/ngx/rawlock/" .. ngx.var.connection
+  local key = "bench/ngx/rawlock/" .. ngx.var.connection
+  local created = raw_request("PUT", "/v1/session/create", SESSION)
+  local id = created and created:match('"ID":%s*"([^"]+)"')
+  if not id then ngx.status = 500; ngx.say("no session"); return end
+  local index = raw_index[key]
+  if not index then
+    local rec, st = raw_request("GET", "/v1/kv/" .. key)
+    index = st == 200 and last_index(rec) or nil
+  end
+  local lock = '{"KV":{"Verb":"lock","Key":"' .. key .. '","Flags":' .. FLAGS .. ',"Session":"' .. id ..
+    '","Value":""}}'
+  local got, st = raw_request("PUT", "/v1/txn", index and
+    '[{"KV":{"Verb":"check-index","Key":"' .. key .. '","Index":' .. index .. '}},' .. lock .. ']' or
+    '[' .. lock .. ']')
+  local fence = st == 200 and last_index(got)
+  local rel = raw_request("PUT", "/v1/txn", '[{"KV":{"Verb":"unlock","Key":"' .. key .. '","Flags":' ..
+    FLAGS .. ',"Session":"' .. id .. '","Value":""}}]')
+  raw_index[key] = last_index(rel)
+  raw_request("PUT", "/v1/session/destroy/" .. id, nil)
+  if not fence then ngx.status = 500; ngx.say("not acquired: ", st) return end
+  ngx.print("1")
+end
+
+function _M.rawplain()
+  local key = "/v1/kv/bench/ngx/rawplain/" .. ngx.var.connection
   local created = raw_request("PUT", "/v1/session/create", '{"TTL":"15s"}')
   local id = created and created:match('"ID":%s*"([^"]+)"')
   if not id then ngx.status = 500; ngx.say("no session"); return end
@@ -193,6 +229,7 @@ local function start_nginx()
     "    location = /empty { content_by_lua_block { APP.empty() } }",
     "    location = /lock { content_by_lua_block { APP.lock() } }",
     "    location = /rawlock { content_by_lua_block { APP.rawlock() } }",
+    "    location = /rawplain { content_by_lua_block { APP.rawplain() } }",
     "    location = /park { content_by_lua_block { APP.park() } }",
     "    location = /handover { content_by_lua_block { APP.handover() } }",
     "  }",
@@ -287,6 +324,7 @@ local ok, err = pcall(function()
   wrk(n, "/raw", 16, 1)
   wrk(n, "/lock", 4, 1)
   wrk(n, "/rawlock", 4, 1)
+  wrk(n, "/rawplain", 4, 1)
 
   print(string.format("nginx: one worker, wrk -t1, %d s per run, best of %d; cpu = the worker's per request",
     SECONDS, ROUNDS))
@@ -304,14 +342,21 @@ local ok, err = pcall(function()
     if r["/module"].bad + r["/raw"].bad > 0 then print("  (non-2xx answers: " .. r["/module"].bad + r["/raw"].bad .. ")") end
   end
   for _, conns in ipairs({ 16, 1 }) do
-    local r = measure(n, { "/lock", "/rawlock" }, conns)
+    local r = measure(n, { "/lock", "/rawlock", "/rawplain" }, conns)
     local tr, cr = r["/lock"].rps / r["/rawlock"].rps, r["/lock"].cpu / r["/rawlock"].cpu
     print(string.format(fmt, "lock cycle, -c" .. conns, string.format("%.0f", r["/lock"].rps),
       string.format("%.0f", r["/rawlock"].rps), "", string.format("%.2fx", tr),
       string.format("%.1f us", r["/lock"].cpu * 1e6), string.format("%.1f us", r["/rawlock"].cpu * 1e6),
       string.format("%.2fx", cr), tr >= 0.9 and "met (>=0.9x)" or "MISSED (>=0.9x)"))
-    if r["/lock"].bad + r["/rawlock"].bad > 0 then print("  (non-2xx answers: " .. r["/lock"].bad + r["/rawlock"].bad .. ")") end
+    local pr, pc = r["/lock"].rps / r["/rawplain"].rps, r["/lock"].cpu / r["/rawplain"].cpu
+    print(string.format(fmt, "  vs plain 4 req", "", string.format("%.0f", r["/rawplain"].rps), "",
+      string.format("%.2fx", pr), "", string.format("%.1f us", r["/rawplain"].cpu * 1e6),
+      string.format("%.2fx", pc), "(information)"))
+    local bad = r["/lock"].bad + r["/rawlock"].bad + r["/rawplain"].bad
+    if bad > 0 then print("  (non-2xx answers: " .. bad .. ")") end
   end
+  print("lock cycle raw: the module's 4 requests made raw (session create, txn check-index + lock, " ..
+    "txn unlock, destroy); plain: ?acquire= / ?release=, no fence, takes any free key")
 
   -- hand-over between two handlers
   local ho = sh("curl -s 127.0.0.1:" .. n.port .. "/handover?rounds=200")

@@ -25,9 +25,12 @@
  * GET /v1/kv/bench/list/<i mod 1000>?raw (the value's bytes, nothing to decode); "list" GET
  * ?recurse of 1,000 keys, parsed with cJSON and every Value base64-decoded (the least to hand
  * records over); "session" create ({"TTL":"15s"}, ID parsed) + destroy; "lock" the least lock
- * cycle, 4 requests: session create, PUT ?acquire=<id>&flags=, PUT ?release=<id>&flags=,
- * session destroy; "lock-go" (information) the 5 requests of Consul's Go algorithm (create, read
- * the key, the "lock" transaction, release, destroy); "big-putget" PUT then GET ?raw of a
+ * cycle that does the contract's job (a fence; never takes a key that is not a free lock
+ * key), 4 requests: session create, the txn [check-index, lock], the txn [unlock], session
+ * destroy (see op_lock); "lock-plain" (information) 4 plain requests without those
+ * guarantees: create, PUT ?acquire=<id>&flags=, PUT ?release=<id>&flags=, destroy;
+ * "lock-go" (information) the 5 requests of Consul's Go algorithm (create, read the key, the
+ * "lock" transaction, release, destroy); "big-putget" PUT then GET ?raw of a
  * 1 MiB value (bench/big); "big-get" the GET alone.
  *
  * "handover" (build/rawbench ADDR handover ROUNDS) is not an ops/s workload: it forks a second
@@ -381,8 +384,10 @@ static void op_session(bench *b, long i)
     cJSON_Delete(root);
 }
 
-/* The least lock cycle, 4 requests: create, ?acquire=, ?release=, destroy. */
-static void op_lock(bench *b, long i)
+/* A lock cycle without the contract's guarantees (information): 4 plain requests, create,
+ * ?acquire=, ?release=, destroy. No fence (both PUTs answer only "true"), and the acquire
+ * would take any free key, a lock or not (it sets the flags). */
+static void op_lock_plain(bench *b, long i)
 {
     char id[64], query[128];
     (void)i;
@@ -392,6 +397,75 @@ static void op_lock(bench *b, long i)
     if (b->resp.len < 4 || memcmp(b->resp.data, "true", 4) != 0)
         die(b->url, "acquire did not answer true");
     lock_release(b, LOCK_PATH, id);
+    session_destroy(b, id);
+}
+
+/* The txn answer's last result's KV.ModifyIndex (dies if there is none). */
+static uint64_t txn_index(bench *b)
+{
+    cJSON *root = cJSON_ParseWithLength(b->resp.data, b->resp.len), *kv, *mi;
+    uint64_t index;
+    kv = cJSON_GetObjectItemCaseSensitive(root, "Results");
+    kv = cJSON_IsArray(kv) && kv->child ? kv->child : NULL;
+    while (kv != NULL && kv->next != NULL)
+        kv = kv->next;
+    mi = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(kv, "KV"), "ModifyIndex");
+    if (!cJSON_IsNumber(mi) || mi->valuedouble < 1)
+        die(b->url, "no ModifyIndex in the txn answer");
+    index = (uint64_t)mi->valuedouble;
+    cJSON_Delete(root);
+    return index;
+}
+
+/*
+ * The least lock cycle that does the contract's job (API.md: a fence, the key's ModifyIndex
+ * with our session in it; a key that is not a free lock key is never taken), 4 requests:
+ * session create; PUT /v1/txn [check-index at the index the last release left, lock] (the
+ * check makes the take safe without reading the key first, the lock result is the fence);
+ * PUT /v1/txn [unlock] (its result is the index the next take checks: a plain ?release=
+ * answers only "true"); session destroy. A plain ?acquire= answers only "true" too, so no
+ * fence without a transaction or a fifth request; and without a check or a read it would
+ * take a key that is not a lock (it sets the flags). The first index comes from a GET,
+ * untimed (in the warm-up).
+ */
+static uint64_t fence_index;
+
+static void op_lock(bench *b, long i)
+{
+    char id[64], body[512];
+    uint64_t fence;
+    long status;
+    int n;
+    (void)i;
+    if (fence_index == 0) {  /* warm-up only: make the key a free lock key, read its index */
+        cJSON *root, *mi;
+        op_lock_go(b, i);
+        expect_200(b, send_req(b, "GET", LOCK_PATH, NULL, NULL, 0, NULL));
+        root = cJSON_ParseWithLength(b->resp.data, b->resp.len);
+        mi = cJSON_IsArray(root) && root->child
+                 ? cJSON_GetObjectItemCaseSensitive(root->child, "ModifyIndex") : NULL;
+        if (!cJSON_IsNumber(mi))
+            die(b->url, "no ModifyIndex");
+        fence_index = (uint64_t)mi->valuedouble;
+        cJSON_Delete(root);
+    }
+    session_create(b, id, sizeof id);
+    n = snprintf(body, sizeof body,
+                 "[{\"KV\":{\"Verb\":\"check-index\",\"Key\":\"bench/lock\",\"Index\":%llu}},"
+                 "{\"KV\":{\"Verb\":\"lock\",\"Key\":\"bench/lock\",\"Flags\":" LOCK_FLAGS
+                 ",\"Session\":\"%s\",\"Value\":\"\"}}]", (unsigned long long)fence_index, id);
+    status = send_req(b, "PUT", "/v1/txn", NULL, body, (size_t)n, b->hdr_json);
+    expect_200(b, status);
+    /* results: check-index's entry (as it was), then the lock's: the fence */
+    fence = txn_index(b);
+    if (fence <= fence_index)
+        die(b->url, "the fence did not grow");
+    n = snprintf(body, sizeof body,
+                 "[{\"KV\":{\"Verb\":\"unlock\",\"Key\":\"bench/lock\",\"Flags\":" LOCK_FLAGS
+                 ",\"Session\":\"%s\",\"Value\":\"\"}}]", id);
+    status = send_req(b, "PUT", "/v1/txn", NULL, body, (size_t)n, b->hdr_json);
+    expect_200(b, status);
+    fence_index = txn_index(b);
     session_destroy(b, id);
 }
 
@@ -412,6 +486,7 @@ static const workload workloads[] = {
     { "list", op_list, 3 },
     { "session", op_session, 10 },
     { "lock", op_lock, 10 },
+    { "lock-plain", op_lock_plain, 10 },
     { "lock-go", op_lock_go, 10 },
     { "big-putget", op_big_putget, 3 },
     { "big-get", op_big_get, 3 },
