@@ -599,6 +599,11 @@ int consul_op_lines_sink(void *ud, const char *p, size_t n);
 /* The results of a finished single call: result, err, meta. */
 int consul_op_results(lua_State *L, consul_op *op);
 void consul_push_meta(lua_State *L, const consul_resp *rs);
+/* Tells the collector of bytes of memory it cannot see, about to be held by (or made into) a
+ * Lua object: a step for their size, unless the collector is stopped (a stopped one stays
+ * stopped and collects nothing). Runs finalizers like any allocation: call it where C holds
+ * nothing borrowed. */
+void consul_gc_hint(lua_State *L, size_t bytes);
 /* nil, msg, meta */
 int consul_push_failure(lua_State *L, const char *msg, const consul_resp *rs);
 int consul_push_op_failure(lua_State *L, consul_op *op);

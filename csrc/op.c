@@ -540,6 +540,13 @@ int consul_push_op_failure(lua_State *L, consul_op *op)
     return consul_push_failure(L, msg, &op->m.last);
 }
 
+void consul_gc_hint(lua_State *L, size_t bytes)
+{
+    size_t kib = (bytes + 1023) >> 10;
+    if (lua_gc(L, LUA_GCISRUNNING, 0))
+        lua_gc(L, LUA_GCSTEP, kib > INT_MAX ? INT_MAX : (int)kib);
+}
+
 /* An answer's body as the call's string. A big one is first told to the collector (a step for
  * that many KiB, unless the user stopped it): the answer's buffer is memory Lua does not see, and
  * without the step a loop of 1 MiB reads held its last value, garbage, as each new one was made
@@ -549,8 +556,8 @@ int consul_push_op_failure(lua_State *L, consul_op *op)
 
 static void push_body(lua_State *L, const char *p, size_t n)
 {
-    if (n >= BIG_BODY && lua_gc(L, LUA_GCISRUNNING, 0))
-        lua_gc(L, LUA_GCSTEP, (n >> 10) > INT_MAX ? INT_MAX : (int)(n >> 10));
+    if (n >= BIG_BODY)
+        consul_gc_hint(L, n);
     lua_pushlstring(L, p, n);
 }
 

@@ -868,6 +868,50 @@ describe("consul locks", function()
       assert_free(key, session, slack(2, 8))
     end)
 
+    it("dead locks do not pile up between collections (the collector is told of each one's C state); a stopped collector stays stopped",
+      function()
+      -- In a child of its own (its heap is the loop's alone) and in incremental mode on Lua
+      -- 5.4. A lock's C state (about 3 KiB) is freed when Lua collects the lock; Lua sees only
+      -- a small userdata, so without the hint c:lock gives the collector, 300 lock cycles left
+      -- 121-169 of their locks uncollected on Lua 5.4 and all 300 on LuaJIT (measured), each C
+      -- state fresh memory. With it: 17 and 8. Weak values: a lock leaves them when found dead.
+      local k = key .. "-gc"
+      local code = string.format([[
+        local c = require("consul").new({ addr = %q })
+        if not jit then collectgarbage("incremental") end
+        collectgarbage(); collectgarbage()
+        local function cycles(n)
+          local alive = setmetatable({}, { __mode = "v" })
+          for i = 1, n do
+            local l = assert(c:lock(%q, { wait = 5, lock_delay = 0 }))
+            assert(l:release())
+            alive[i] = l
+          end
+          local left = 0
+          for _ in pairs(alive) do left = left + 1 end
+          return left
+        end
+        local running = cycles(300)
+        collectgarbage(); collectgarbage()
+        collectgarbage("stop")
+        local stopped = cycles(50)
+        print(string.format("alive=%%d stopped=%%d running=%%s", running, stopped,
+          tostring(collectgarbage("isrunning"))))
+        collectgarbage("restart")
+        c:close()
+      ]], A, k)
+      local p = assert(io.popen(LUA .. " -e " .. agent.quote(code) .. " 2>&1", "r"))
+      local out = p:read("a")
+      p:close()
+      local alive, stopped, running = out:match("alive=(%d+) stopped=(%d+) running=(%a+)")
+      assert(alive, out)
+      assert.is_true(tonumber(alive) < 60, alive .. " of 300 dead locks not collected")
+      -- stopped: nothing collected behind the user's back, and it is still stopped
+      assert.are.equal("50", stopped)
+      assert.are.equal("false", running)
+      assert_free(k)
+    end)
+
     it("with_lock returns true and fn's results, fn gets the lock and the arguments", function()
       local seen
       local res = { c:with_lock(key, { wait = 5, lock_delay = 0 }, function(lock, a, b)
