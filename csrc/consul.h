@@ -195,11 +195,14 @@ typedef struct consul_resp {
     long connects;           /* new connections this request opened */
     uint64_t length;         /* Content-Length, when has_length */
     int has_length, chunked, close;  /* framing, as the headers say */
+    /* the strings last: reset and copy touch them only as far as they go */
     char error[400];         /* why, when code != CONSUL_OK and no status came */
     char reason[64];         /* the status line's reason phrase */
 } consul_resp;
 
 void consul_resp_reset(consul_resp *rs);
+/* *dst = *src, the strings only as far as they go (dst == src: nothing). */
+void consul_resp_copy(consul_resp *dst, const consul_resp *src);
 /* Reads a status line into rs: 0 ok, -1 not one. */
 int consul_resp_status(consul_resp *rs, const char *line, size_t len);
 /* Reads one header line (without its CRLF) into rs: 0 ok, -1 malformed. */
@@ -364,6 +367,7 @@ struct consul_mach {
     int64_t sent;            /* when the last request was asked for (monotonic ms) */
     int64_t sleep_ms;
     int rc;
+    /* last and msg together, right before state: consul_op_new clears all but them */
     consul_resp last;        /* a single call's answer; a failed machine's failure */
     char msg[1024];          /* a machine's own failure message ("" : format last) */
     int state;

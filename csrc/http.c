@@ -163,11 +163,33 @@ void consul_conf_key_drop(consul_conf *cf, const char *path)
 
 /* ---- answers: status line and headers (both drivers) --------------------------- */
 
+/* The head only, and the two strings' first bytes: an answer is reset (and copied) once or
+ * twice per request, and the strings are most of it (460 of 560 bytes), written only on a
+ * failure. */
 void consul_resp_reset(consul_resp *rs)
 {
-    memset(rs, 0, sizeof *rs);
+    memset(rs, 0, offsetof(consul_resp, error));
     rs->known_leader = -1;
     rs->last_contact = -1;
+    rs->error[0] = '\0';
+    rs->reason[0] = '\0';
+}
+
+static void copy_string(char *dst, const char *src, size_t size)
+{
+    const char *z = memchr(src, '\0', size);
+    size_t n = z != NULL ? (size_t)(z - src) : size - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+void consul_resp_copy(consul_resp *dst, const consul_resp *src)
+{
+    if (dst == src)
+        return;
+    memcpy(dst, src, offsetof(consul_resp, error));
+    copy_string(dst->error, src->error, sizeof dst->error);
+    copy_string(dst->reason, src->reason, sizeof dst->reason);
 }
 
 int consul_resp_fail(consul_resp *rs, int code, const char *fmt, ...)

@@ -114,7 +114,7 @@ static int acq_failed(consul_mach *m, const consul_resp *rs)
     if (a->wait_ms == 0 || !consul_retryable(rs->code, rs->status))
         return consul_mach_done(m, rs->code, rs, NULL);
     a->failed = 1;
-    a->fail = *rs;
+    consul_resp_copy(&a->fail, rs);
     consul_format_failure(a->fail_msg, sizeof a->fail_msg, m->rq.method, m->rq.path, rs);
     if (a->deadline != CONSUL_NEVER && now >= a->deadline)
         return acq_timeout(m);
@@ -206,7 +206,7 @@ static int read_key(consul_mach *m, const consul_resp *rs)
     if (rs->status == 404)
         return 0;
     if (consul_mach_parse(m, rs) != 0 || !cJSON_IsArray(m->doc.root)) {
-        m->last = *rs;
+        consul_resp_copy(&m->last, rs);
         m->last.code = CONSUL_EDECODE;
         consul_mach_done(m, CONSUL_EDECODE, NULL, NULL);
         return -2;
@@ -235,7 +235,7 @@ static int read_key(consul_mach *m, const consul_resp *rs)
         return 1;
     }
     if (!consul_valid_id(s, n) || n >= sizeof a->holder) {
-        m->last = *rs;
+        consul_resp_copy(&m->last, rs);
         m->last.code = CONSUL_EDECODE;
         snprintf(m->last.error, sizeof m->last.error, "a lock held by a malformed session");
         consul_mach_done(m, CONSUL_EDECODE, NULL, NULL);
@@ -314,7 +314,7 @@ static int acq_step(consul_mach *m, const consul_resp *rs)
         if (rs->code != CONSUL_OK)
             return acq_failed(m, rs);
         if (txn_index(m, rs, &mi) != 0) {
-            m->last = *rs;
+            consul_resp_copy(&m->last, rs);
             m->last.code = CONSUL_EDECODE;
             return consul_mach_done(m, CONSUL_EDECODE, NULL, NULL);
         }
@@ -382,7 +382,7 @@ static int acq_step(consul_mach *m, const consul_resp *rs)
         kv = cJSON_IsArray(kv) && kv->child ? cJSON_GetObjectItemCaseSensitive(kv->child, "KV")
                                             : NULL;
         if (consul_json_u64(&m->doc, cJSON_GetObjectItemCaseSensitive(kv, "ModifyIndex"), &mi) != 0) {
-            m->last = *rs;
+            consul_resp_copy(&m->last, rs);
             m->last.code = CONSUL_EDECODE;
             return consul_mach_done(m, CONSUL_EDECODE, NULL, NULL);
         }

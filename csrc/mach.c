@@ -76,7 +76,7 @@ int consul_mach_done(consul_mach *m, int rc, const consul_resp *rs, const char *
     m->done = 1;
     m->rc = rc;
     if (rs != NULL && rs != &m->last)
-        m->last = *rs;
+        consul_resp_copy(&m->last, rs);
     if (rc != CONSUL_OK && m->last.code == CONSUL_OK) {
         m->last.code = rc;  /* a failure of the machine's own: no request failed */
         m->last.status = 0;
@@ -93,7 +93,7 @@ void consul_mach_keep_failure(consul_mach *m, const consul_resp *rs)
     if (m->kept)
         return;
     m->kept = 1;
-    m->last = *rs;
+    consul_resp_copy(&m->last, rs);
     consul_format_failure(m->msg, sizeof m->msg, m->rq.method, m->rq.path, rs);
 }
 
@@ -117,7 +117,7 @@ int consul_mach_parse(consul_mach *m, const consul_resp *rs)
 {
     if (consul_json_parse(&m->doc, rs->body, rs->body_len) == 0)
         return 0;
-    m->last = *rs;
+    consul_resp_copy(&m->last, rs);
     m->last.code = CONSUL_EDECODE;
     m->last.error[0] = '\0';
     return -1;

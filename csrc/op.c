@@ -71,6 +71,10 @@ static int op_gc(lua_State *L)
     return 0;
 }
 
+/* consul_op_new's two clears leave out exactly m.last and m.msg */
+typedef char op_layout_check[offsetof(consul_mach, state) ==
+                             offsetof(consul_mach, last) + sizeof(consul_resp) + 1024 ? 1 : -1];
+
 consul_op *consul_op_new(lua_State *L, consul_client *c)
 {
     op_box *b = consul_newuserdata(L, sizeof *b);
@@ -85,7 +89,11 @@ consul_op *consul_op_new(lua_State *L, consul_client *c)
         c->spare = NULL;
         keep[0] = op->m.path, keep[1] = op->m.query, keep[2] = op->m.body,
         keep[3] = op->m.hdrs, keep[4] = op->m.out;
-        memset(op, 0, sizeof *op);
+        /* all but the answer and the message (1.5 of 2 KiB, strings): consul_mach_init
+         * resets those as far as they are read */
+        memset(op, 0, offsetof(consul_op, m.last));
+        memset((char *)op + offsetof(consul_op, m.state), 0,
+               sizeof *op - offsetof(consul_op, m.state));
         op->m.path = keep[0], op->m.query = keep[1], op->m.body = keep[2],
         op->m.hdrs = keep[3], op->m.out = keep[4];
         consul_buf_reset(&op->m.path);
@@ -502,7 +510,9 @@ static void anchor_kept(lua_State *L, consul_op *op, int box)
 void consul_push_meta(lua_State *L, const consul_resp *rs)
 {
     const char *code = consul_code_name(rs->code);
-    lua_createtable(L, 0, 5);
+    /* sized to what it gets: 4 fields on a success, not a hash part of 8 */
+    lua_createtable(L, 0, (rs->status > 0) + rs->has_index + (rs->known_leader >= 0) +
+                              (rs->last_contact >= 0) + (code != NULL));
     if (rs->status > 0) {
         lua_pushinteger(L, (lua_Integer)rs->status);
         lua_setfield(L, -2, "status");

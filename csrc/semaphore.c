@@ -291,7 +291,7 @@ static int sem_failed(consul_mach *m, const consul_resp *rs)
     if (x->wait_ms == 0 || !consul_retryable(rs->code, rs->status))
         return consul_mach_done(m, rs->code, rs, NULL);
     x->failed = 1;
-    x->fail = *rs;
+    consul_resp_copy(&x->fail, rs);
     consul_format_failure(x->fail_msg, sizeof x->fail_msg, m->rq.method, m->rq.path, rs);
     if (x->deadline != CONSUL_NEVER && now >= x->deadline)
         return sem_timeout(m);
@@ -420,7 +420,7 @@ static int sem_step(consul_mach *m, const consul_resp *rs)
                 return CONSUL_DONE;
             }
             if (d == -2) {
-                m->last = *rs;
+                consul_resp_copy(&m->last, rs);
                 m->last.code = CONSUL_EDECODE;
                 snprintf(m->last.error, sizeof m->last.error, "a malformed .lock");
                 return consul_mach_done(m, CONSUL_EDECODE, NULL, NULL);

@@ -71,7 +71,7 @@ int consul_sess_created(consul_mach *m, const consul_resp *rs)
             id = NULL;
     }
     if (id == NULL || !consul_valid_id(id, n) || n >= sizeof lk->session) {
-        m->last = *rs;
+        consul_resp_copy(&m->last, rs);
         m->last.code = CONSUL_EDECODE;
         snprintf(m->last.error, sizeof m->last.error, "no session ID in the answer");
         return -1;
