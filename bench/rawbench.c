@@ -29,6 +29,7 @@
  * key), 4 requests: session create, the txn [check-index, lock], the txn [unlock], session
  * destroy (see op_lock); "lock-plain" (information) 4 plain requests without those
  * guarantees: create, PUT ?acquire=<id>&flags=, PUT ?release=<id>&flags=, destroy;
+ * "get-spin" (information) the get followed by 3 us of busy client CPU;
  * "lock-go" (information) the 5 requests of Consul's Go algorithm (create, read the key, the
  * "lock" transaction, release, destroy); "big-putget" PUT then GET ?raw of a
  * 1 MiB value (bench/big); "big-get" the GET alone.
@@ -237,6 +238,22 @@ static void op_get(bench *b, long i)
     perform(b, "GET", keys[i % NKEYS], "raw", NULL, 0);
     if (b->resp.len != VALUE_LEN)
         die(b->url, "not the 100-byte value");
+}
+
+/* "get-spin": the same get, then SPIN_US of the client's CPU (a busy wait) before the next
+ * one: what a little more client work per request costs in throughput, and in the agent's
+ * CPU per request (bench.lua's information row under get). */
+#define SPIN_US 3
+
+static double now(void);
+
+static void op_get_spin(bench *b, long i)
+{
+    double until;
+    op_get(b, i);
+    until = now() + SPIN_US / 1e6;
+    while (now() < until)
+        ;
 }
 
 static void op_big_put(bench *b)
@@ -483,6 +500,7 @@ typedef struct workload {
 static const workload workloads[] = {
     { "put", op_put, 50 },
     { "get", op_get, 50 },
+    { "get-spin", op_get_spin, 50 },
     { "list", op_list, 3 },
     { "session", op_session, 10 },
     { "lock", op_lock, 10 },
