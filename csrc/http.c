@@ -175,21 +175,13 @@ void consul_resp_reset(consul_resp *rs)
     rs->reason[0] = '\0';
 }
 
-static void copy_string(char *dst, const char *src, size_t size)
-{
-    const char *z = memchr(src, '\0', size);
-    size_t n = z != NULL ? (size_t)(z - src) : size - 1;
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-}
-
 void consul_resp_copy(consul_resp *dst, const consul_resp *src)
 {
     if (dst == src)
         return;
     memcpy(dst, src, offsetof(consul_resp, error));
-    copy_string(dst->error, src->error, sizeof dst->error);
-    copy_string(dst->reason, src->reason, sizeof dst->reason);
+    snprintf(dst->error, sizeof dst->error, "%s", src->error);
+    snprintf(dst->reason, sizeof dst->reason, "%s", src->reason);
 }
 
 int consul_resp_fail(consul_resp *rs, int code, const char *fmt, ...)
