@@ -3,7 +3,8 @@
  * variables, c:request, c:stats, c:close, and the group objects (c.kv, c.agent, ...).
  *
  * A client owns a configuration (shared by reference count with its calls in flight and
- * its locks), its connection, and the memory of its last call, kept for the next one. The
+ * its locks), its connection, and (in the configuration) the memory of its last call, kept
+ * for the next one. The
  * calls themselves are ops (op.c): closing a client while one of its calls is in flight
  * (from a finalizer, or in nginx from another request) frees nothing a call still uses.
  */
@@ -20,12 +21,8 @@
 static void client_release(consul_client *c)
 {
     consul_http_release(&c->http);
-    if (c->spare != NULL) {
-        consul_mach_release(&c->spare->m);
-        free(c->spare);
-        c->spare = NULL;
-    }
     if (c->conf != NULL) {
+        consul_op_drop_spare(c->conf);
         consul_conf_release(c->conf);
         c->conf = NULL;
     }

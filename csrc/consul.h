@@ -123,8 +123,9 @@ const char *consul_code_name(int code);
 /* A failure worth trying again later: connect, timeout, closed, a 5xx. */
 int consul_retryable(int code, long status);
 
-/* Where and how to reach the agent. Immutable once built; shared by reference count
- * between a client, its calls in flight and the locks it made, which may outlive it. */
+/* Where and how to reach the agent. Immutable once built, but for what is said below;
+ * shared by reference count between a client, its calls in flight and the locks it made,
+ * which may outlive it. */
 typedef struct consul_conf {
     int refs;               /* atomic */
     char *base_url;         /* "http://127.0.0.1:8500", no trailing slash */
@@ -150,6 +151,12 @@ typedef struct consul_conf {
     struct { char *path; uint64_t index; } kcache[16];
     unsigned knext;
     int64_t requests, connects;  /* atomic: what the calls made with it sent and opened */
+    /* The memory of a finished call, kept for the next one (op.c), and whether the client is
+     * closed (then nothing is kept). Touched only by the Lua state of the client, never by
+     * the renewer; here rather than in the client because a call driven from Lua (nginx)
+     * finishes knowing only its conf. */
+    struct consul_op *spare;
+    int closed;
 } consul_conf;
 
 consul_conf *consul_conf_new(void);
@@ -511,7 +518,6 @@ typedef struct consul_client {
     consul_conf *conf;
     consul_http http;         /* the client's connection */
     int closed;
-    struct consul_op *spare;  /* an op's memory kept for the next call */
 } consul_client;
 
 /* How a single call's answer becomes its result. */
@@ -575,6 +581,8 @@ void consul_client_open(lua_State *L);  /* module table at -1 */
 /* A new op for client c, boxed in a userdata pushed on the stack (freed with it, should
  * anything raise). The op holds c's conf, not c: closing c meanwhile is harmless. */
 consul_op *consul_op_new(lua_State *L, consul_client *c);
+/* The client closes: its conf keeps no finished call's memory any more. */
+void consul_op_drop_spare(consul_conf *cf);
 /* Parses per-call options (table at idx, or none) into op's query, token and wait. Raises on
  * unknown names or bad values. Applies the client's dc and consistency unless the call
  * names its own. for_request: c:request's own query/body/headers are skipped. */

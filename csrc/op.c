@@ -78,17 +78,21 @@ typedef char op_layout_check[offsetof(consul_mach, state) ==
 consul_op *consul_op_new(lua_State *L, consul_client *c)
 {
     op_box *b = consul_newuserdata(L, sizeof *b);
+    consul_conf *cf = c->conf;
     consul_op *op;
     b->op = NULL;
     luaL_getmetatable(L, CONSUL_OP_MT);
     lua_setmetatable(L, -2);
-    if (c->spare != NULL) {
-        /* the last call's memory: its buffers keep their capacity */
+    if (cf->spare != NULL) {
+        /* the last call's memory: its buffers (and in nginx its driver's) keep their
+         * capacity */
         consul_buf keep[5];
-        op = c->spare;
-        c->spare = NULL;
+        op_async *drv;
+        op = cf->spare;
+        cf->spare = NULL;
         keep[0] = op->m.path, keep[1] = op->m.query, keep[2] = op->m.body,
         keep[3] = op->m.hdrs, keep[4] = op->m.out;
+        drv = op->drv;
         /* all but the answer and the message (1.5 of 2 KiB, strings): consul_mach_init
          * resets those as far as they are read */
         memset(op, 0, offsetof(consul_op, m.last));
@@ -100,24 +104,30 @@ consul_op *consul_op_new(lua_State *L, consul_client *c)
         consul_buf_reset(&op->m.query);
         consul_buf_reset(&op->m.body);
         consul_buf_reset(&op->m.hdrs);
+        if (drv != NULL) {
+            drv->started = drv->pending = 0;  /* the rest is reset by the next request */
+            op->drv = drv;
+        }
     } else if ((op = calloc(1, sizeof *op)) == NULL) {
         luaL_error(L, "not enough memory");  /* does not return */
     }
-    consul_mach_init(&op->m, c->conf);
+    consul_mach_init(&op->m, cf);
     op->m.step = consul_step_single;
     op->deadline = CONSUL_NEVER;
     b->op = op;
     return op;
 }
 
-/* Gives a finished op's memory back to its client (or frees it). */
-static void op_recycle(consul_client *c, op_box *b)
+/* Gives a finished op's memory back to its conf, for the client's next call (or frees it). */
+static void op_recycle(op_box *b)
 {
     consul_op *op = b->op;
+    consul_conf *cf;
     b->op = NULL;
     if (op == NULL)
         return;
-    if (c != NULL && !c->closed && c->spare == NULL && op->m.ext == NULL &&
+    cf = op->m.conf;
+    if (cf != NULL && !cf->closed && cf->spare == NULL && op->m.ext == NULL &&
         op->m.out.cap <= ((size_t)2 << 20) + 4096) {
         /* what the next call must not inherit goes now; the buffers stay */
         consul_json_free(&op->m.doc);
@@ -132,14 +142,24 @@ static void op_recycle(consul_client *c, op_box *b)
             consul_lock_unref(op->m.lk);
             op->m.lk = NULL;
         }
-        consul_conf_release(op->m.conf);
-        op->m.conf = NULL;
         if (op->file != NULL)
             fclose(op->file);
         op->file = NULL;
-        c->spare = op;
+        consul_lines_free(&op->lines);
+        op->m.conf = NULL;
+        cf->spare = op;
+        consul_conf_release(cf);  /* not the last reference: the client holds one */
     } else {
         op_free(op);
+    }
+}
+
+void consul_op_drop_spare(consul_conf *cf)
+{
+    cf->closed = 1;
+    if (cf->spare != NULL) {
+        op_free(cf->spare);
+        cf->spare = NULL;
     }
 }
 
@@ -888,7 +908,7 @@ int consul_op_call_on(lua_State *L, consul_client *c, consul_http *h, consul_op 
     consul_mach_run(&op->m, h, c != NULL);
     op->box = box;
     n = consul_op_results(L, op);
-    op_recycle(c, b);
+    op_recycle(b);
     return n;
 }
 
@@ -1061,8 +1081,7 @@ static int aop_finish(lua_State *L)
     op->box = 1;
     op->async = 1;
     n = consul_op_results(L, op);
-    op_free(op);  /* the results are Lua's own copies */
-    b->op = NULL;
+    op_recycle(b);  /* the results are Lua's own copies */
     return n;
 }
 
