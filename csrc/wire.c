@@ -161,23 +161,35 @@ static int head_done(consul_wire *w, const consul_req *rq, consul_resp *rs, cons
     return 0;
 }
 
-/* Appends to the line being read up to its LF: 1 a whole line (without CR LF) is in
- * w->line, 0 more is needed, -1 over max. *used: bytes taken from p. */
-static int take_line(consul_wire *w, const char *p, size_t n, size_t *used, size_t max)
+/* The next line, up to its LF: 1 a whole line (without CR LF) in *line, *len (in place in
+ * p when it came whole, else gathered in w->line), 0 more is needed, -1 over max. *used:
+ * bytes taken from p. */
+static int take_line(consul_wire *w, const char *p, size_t n, size_t *used, size_t max,
+                     const char **line, size_t *len)
 {
     const char *nl = memchr(p, '\n', n);
     size_t take = nl != NULL ? (size_t)(nl - p) + 1 : n;
     if (w->line.len + take > max)
         return -1;
+    *used = take;
+    if (nl != NULL && w->line.len == 0) {
+        size_t l = take - 1;
+        if (l > 0 && p[l - 1] == '\r')
+            l--;
+        *line = p;
+        *len = l;
+        return 1;
+    }
     if (consul_buf_add(&w->line, p, take) != 0)
         return -1;
-    *used = take;
     if (nl == NULL)
         return 0;
     w->line.len--;  /* the LF */
     if (w->line.len > 0 && w->line.data[w->line.len - 1] == '\r')
         w->line.len--;
     w->line.data[w->line.len] = '\0';
+    *line = w->line.data;
+    *len = w->line.len;
     return 1;
 }
 
@@ -226,27 +238,28 @@ int consul_wire_feed(consul_wire *w, const consul_req *rq, consul_resp *rs, cons
         }
     }
     while (n > 0 && w->state != W_DONE) {
-        size_t used = 0;
+        size_t used = 0, ll = 0;
+        const char *ln = NULL;
         int r;
         switch (w->state) {
         case W_STATUS:
         case W_HEADERS:
         case W_TRAILER:
-            r = take_line(w, p, n, &used, CONSUL_MAX_HEAD);
+            r = take_line(w, p, n, &used, CONSUL_MAX_HEAD, &ln, &ll);
             w->head_bytes += used;
             if (r < 0 || w->head_bytes > CONSUL_MAX_HEAD)
                 return fail(w, rs, CONSUL_EDECODE, "the answer's headers are over 65536 bytes");
             if (r == 0)
                 break;
             if (w->state == W_STATUS) {
-                if (w->line.len == 0 && rs->status >= 100 && rs->status < 200) {
+                if (ll == 0 && rs->status >= 100 && rs->status < 200) {
                     /* the blank line some servers send between a 100 and its answer */
-                } else if (consul_resp_status(rs, w->line.data, w->line.len) != 0) {
+                } else if (consul_resp_status(rs, ln, ll) != 0) {
                     return fail(w, rs, CONSUL_EDECODE, "a malformed status line");
                 } else {
                     w->state = W_HEADERS;
                 }
-            } else if (w->line.len == 0) {
+            } else if (ll == 0) {
                 if (w->state == W_TRAILER) {
                     w->state = W_DONE;
                 } else if ((r = head_done(w, rq, rs, out, max_answer)) < 0) {
@@ -255,7 +268,7 @@ int consul_wire_feed(consul_wire *w, const consul_req *rq, consul_resp *rs, cons
                     w->head_bytes = 0;
                 }
             } else if (w->state == W_HEADERS &&
-                       consul_resp_header(rs, w->line.data, w->line.len) != 0) {
+                       consul_resp_header(rs, ln, ll) != 0) {
                 return fail(w, rs, CONSUL_EDECODE, "a malformed header line");
             }
             consul_buf_reset(&w->line);
@@ -273,16 +286,16 @@ int consul_wire_feed(consul_wire *w, const consul_req *rq, consul_resp *rs, cons
             break;
         case W_CHUNK_SIZE:
         case W_CHUNK_END:
-            r = take_line(w, p, n, &used, MAX_CHUNK_LINE);
+            r = take_line(w, p, n, &used, MAX_CHUNK_LINE, &ln, &ll);
             if (r < 0)
                 return fail(w, rs, CONSUL_EDECODE, "a malformed chunk");
             if (r == 0)
                 break;
             if (w->state == W_CHUNK_END) {
-                if (w->line.len != 0)
+                if (ll != 0)
                     return fail(w, rs, CONSUL_EDECODE, "a malformed chunk");
                 w->state = W_CHUNK_SIZE;
-            } else if (chunk_size(w->line.data, w->line.len, &w->left) != 0) {
+            } else if (chunk_size(ln, ll, &w->left) != 0) {
                 return fail(w, rs, CONSUL_EDECODE, "a malformed chunk size");
             } else {
                 w->state = w->left == 0 ? W_TRAILER : W_CHUNK_DATA;
