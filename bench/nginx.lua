@@ -19,7 +19,8 @@ worker, and a KV get's p99 latency with 100 handlers parked in blocking queries 
 Goals (issue 9): KV get >= 0.9x (b) and worker CPU/request <= 1.3x (b); lock cycle >= 0.9x of
 the raw one; hand-over median < 1 ms; p99 with 100 parked within 1.2x of idle.
 
-  lua5.4 bench/nginx.lua     (CONSUL_TEST_ADDR set; BENCH_SECONDS, default 10; BENCH_ROUNDS 3)
+  lua5.4 bench/nginx.lua     (CONSUL_TEST_ADDR set; BENCH_SECONDS, default 10; BENCH_ROUNDS 3;
+                             BENCH_ONLY, a subset of get,lock,handover,park)
 ]]
 
 local script_dir = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
@@ -29,6 +30,9 @@ local util = require("benchutil")
 local ADDR = assert(os.getenv("CONSUL_TEST_ADDR"), "CONSUL_TEST_ADDR is not set")
 local SECONDS = tonumber(os.getenv("BENCH_SECONDS") or "") or 10
 local ROUNDS = tonumber(os.getenv("BENCH_ROUNDS") or "") or 3
+-- BENCH_ONLY: a comma-separated subset of get,lock,handover,park (default: all)
+local ONLY = os.getenv("BENCH_ONLY")
+local function wanted(row) return not ONLY or ("," .. ONLY .. ","):find("," .. row .. ",", 1, true) ~= nil end
 local ROOT = (io.popen("pwd"):read("l"))
 local AHOST, APORT = ADDR:match("^(.*):(%d+)$")
 
@@ -331,7 +335,7 @@ local ok, err = pcall(function()
   local fmt = "%-22s %10s %10s %10s %8s %12s %12s %8s  %s"
   print(string.format(fmt, "workload", "module r/s", "raw r/s", "empty r/s", "ratio", "module cpu", "raw cpu",
     "ratio", "goal"))
-  for _, conns in ipairs({ 16, 1 }) do
+  for _, conns in ipairs(wanted("get") and { 16, 1 } or {}) do
     local r = measure(n, { "/module", "/raw", "/empty" }, conns)
     local tr, cr = r["/module"].rps / r["/raw"].rps, r["/module"].cpu / r["/raw"].cpu
     print(string.format(fmt, "kv get, -c" .. conns, string.format("%.0f", r["/module"].rps),
@@ -341,7 +345,7 @@ local ok, err = pcall(function()
       "MISSED (>=0.9x, <=1.3x cpu)"))
     if r["/module"].bad + r["/raw"].bad > 0 then print("  (non-2xx answers: " .. r["/module"].bad + r["/raw"].bad .. ")") end
   end
-  for _, conns in ipairs({ 16, 1 }) do
+  for _, conns in ipairs(wanted("lock") and { 16, 1 } or {}) do
     local r = measure(n, { "/lock", "/rawlock", "/rawplain" }, conns)
     local tr, cr = r["/lock"].rps / r["/rawlock"].rps, r["/lock"].cpu / r["/rawlock"].cpu
     print(string.format(fmt, "lock cycle, -c" .. conns, string.format("%.0f", r["/lock"].rps),
@@ -355,17 +359,20 @@ local ok, err = pcall(function()
     local bad = r["/lock"].bad + r["/rawlock"].bad + r["/rawplain"].bad
     if bad > 0 then print("  (non-2xx answers: " .. bad .. ")") end
   end
-  print("lock cycle raw: the module's 4 requests made raw (session create, txn check-index + lock, " ..
-    "txn unlock, destroy); plain: ?acquire= / ?release=, no fence, takes any free key")
+  if wanted("lock") then print("lock cycle raw: the module's 4 requests made raw (session create, txn check-index + lock, " ..
+    "txn unlock, destroy); plain: ?acquire= / ?release=, no fence, takes any free key") end
 
   -- hand-over between two handlers
+  if wanted("handover") then
   local ho = sh("curl -s 127.0.0.1:" .. n.port .. "/handover?rounds=200")
   local med = tonumber(ho:match("^median_us=([%-%d%.]+)"))
   print(string.format("lock hand-over between two light threads, 200 rounds (release() returned -> the " ..
     "waiter's c:lock returned; call_: from release()'s start): %s  %s", (ho:gsub("%s+$", "")),
     med and med < 1000 and "met (median < 1 ms)" or "MISSED (median < 1 ms)"))
+  end
 
   -- 100 handlers parked in blocking queries
+  if not wanted("park") then return end
   local idle = best({ wrk(n, "/module", 16, SECONDS), wrk(n, "/module", 16, SECONDS) })
   local parked = {}
   for i = 1, 100 do
