@@ -4,9 +4,9 @@
  *
  * A client owns a configuration (shared by reference count with its calls in flight and
  * its locks), its connection, and (in the configuration) the memory of its last call, kept
- * for the next one. The
- * calls themselves are ops (op.c): closing a client while one of its calls is in flight
- * (from a finalizer, or in nginx from another request) frees nothing a call still uses.
+ * for the next one. The calls themselves are ops (op.c): closing a client while one of its
+ * calls is in flight (from a finalizer, or in nginx from another request) frees nothing a
+ * call still uses.
  */
 #include "consul.h"
 

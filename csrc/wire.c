@@ -173,23 +173,18 @@ static int take_line(consul_wire *w, const char *p, size_t n, size_t *used, size
         return -1;
     *used = take;
     if (nl != NULL && w->line.len == 0) {
-        size_t l = take - 1;
-        if (l > 0 && p[l - 1] == '\r')
-            l--;
         *line = p;
-        *len = l;
-        return 1;
+        *len = take - 1;  /* without the LF */
+    } else {
+        if (consul_buf_add(&w->line, p, take) != 0)
+            return -1;
+        if (nl == NULL)
+            return 0;
+        *line = w->line.data;
+        *len = w->line.len - 1;
     }
-    if (consul_buf_add(&w->line, p, take) != 0)
-        return -1;
-    if (nl == NULL)
-        return 0;
-    w->line.len--;  /* the LF */
-    if (w->line.len > 0 && w->line.data[w->line.len - 1] == '\r')
-        w->line.len--;
-    w->line.data[w->line.len] = '\0';
-    *line = w->line.data;
-    *len = w->line.len;
+    if (*len > 0 && (*line)[*len - 1] == '\r')
+        (*len)--;
     return 1;
 }
 
