@@ -209,6 +209,14 @@ static void check_option_names(lua_State *L)
     }
 }
 
+static void set_host_line(lua_State *L, consul_conf *cf, const char *host)
+{
+    lua_pushfstring(L, " HTTP/1.1\r\nHost: %s\r\n", host);
+    cf->host_line_len = consul_rawlen(L, -1);
+    consul_set_str(L, &cf->host_line, lua_tostring(L, -1), cf->host_line_len);
+    lua_pop(L, 1);
+}
+
 /* Splits "host:port" / "[v6]:port" / "host" into the pieces the URL and CONNECT_TO need. */
 static void parse_addr(lua_State *L, consul_conf *cf, const char *addr, int https,
                        const char *server_name)
@@ -223,7 +231,7 @@ static void parse_addr(lua_State *L, consul_conf *cf, const char *addr, int http
         consul_set_str(L, &cf->unix_path, addr + 7, strlen(addr + 7));
         consul_set_str(L, &cf->hostport, addr, strlen(addr));
         consul_set_str(L, &cf->base_url, "http://localhost", 16);
-        consul_set_str(L, &cf->host_header, "localhost", 9);
+        set_host_line(L, cf, "localhost");
         return;
     }
     if (host[0] == '[') {
@@ -277,7 +285,7 @@ static void parse_addr(lua_State *L, consul_conf *cf, const char *addr, int http
     if (server_name != NULL)
         consul_set_str(L, &cf->server_name, server_name, strlen(server_name));
     lua_pushfstring(L, "%s:%s", server_name != NULL ? server_name : cf->host, port);
-    consul_set_str(L, &cf->host_header, lua_tostring(L, -1), consul_rawlen(L, -1));
+    set_host_line(L, cf, lua_tostring(L, -1));
     lua_pop(L, 1);
 
     if (server_name != NULL) {
@@ -453,7 +461,13 @@ static void configure(lua_State *L, consul_conf *cf)
             consul_error(L, "bad option 'consistency' to 'new' (\"default\", \"consistent\" or "
                           "\"stale\" expected)");
     }
-    lua_pop(L, 2);  /* the two addr strings */
+    /* nginx's driver shares a pooled connection only between confs that agree on all this */
+    lua_pushfstring(L, "consul:%s:%s:%s:%d:%s:%s", cf->https ? "https" : "http", cf->hostport,
+                    cf->server_name != NULL ? cf->server_name : "", cf->verify,
+                    cf->cert_file != NULL ? cf->cert_file : "",
+                    cf->key_file != NULL ? cf->key_file : "");
+    consul_set_str(L, &cf->pool, lua_tostring(L, -1), consul_rawlen(L, -1));
+    lua_pop(L, 3);  /* the pool name, the two addr strings */
 }
 
 static int consul_new(lua_State *L)

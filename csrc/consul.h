@@ -134,7 +134,9 @@ typedef struct consul_conf {
     int port;
     int https;
     char *server_name;      /* tls_server_name, or NULL */
-    char *host_header;      /* the Host header: server_name or host, with the port */
+    char *host_line;        /* " HTTP/1.1\r\nHost: name:port\r\n": a request line's tail and
+                             * the Host header (server_name or host), for a driver of its own */
+    size_t host_line_len;
     char *unix_path;        /* NULL unless unix:// */
     char *token;            /* NULL: none */
     char *dc;               /* NULL: the agent's */
@@ -144,6 +146,7 @@ typedef struct consul_conf {
     int verify;
     char *ca_file, *ca_path, *cert_file, *key_file;
     char *connect_to;       /* "name:port:host:port" for tls_server_name, else NULL */
+    char *pool;             /* nginx's name for the connections it may share (op.c) */
     /* The lock keys this conf's locks released last, with the ModifyIndex they left them at:
      * taking one again checks that index in the same transaction (lock.c). Mutable, so under
      * its own mutex (the renewer releases too). */

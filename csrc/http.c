@@ -90,7 +90,7 @@ void consul_conf_release(consul_conf *cf)
     free(cf->hostport);
     free(cf->host);
     free(cf->server_name);
-    free(cf->host_header);
+    free(cf->host_line);
     free(cf->unix_path);
     if (cf->token != NULL) {
         /* A token is a secret: do not leave it in freed memory. */
@@ -105,6 +105,7 @@ void consul_conf_release(consul_conf *cf)
     free(cf->cert_file);
     free(cf->key_file);
     free(cf->connect_to);
+    free(cf->pool);
     for (unsigned i = 0; i < sizeof cf->kcache / sizeof cf->kcache[0]; i++)
         free(cf->kcache[i].path);
     pthread_mutex_destroy(&cf->kmu);
@@ -264,7 +265,10 @@ int consul_resp_header(consul_resp *rs, const char *line, size_t len)
     while (end > v && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r'))
         end--;
     vlen = (size_t)(end - v);
-#define NAME_IS(s) (nlen == sizeof(s) - 1 && strncasecmp(line, s, nlen) == 0)
+    /* (Consul writes names in Go's canonical case: compared exactly first) */
+#define NAME_IS(s)                                                                         \
+    (nlen == sizeof(s) - 1 && (line[0] | 0x20) == (s[0] | 0x20) &&                        \
+     (memcmp(line, s, nlen) == 0 || strncasecmp(line, s, nlen) == 0))
     switch (nlen) {
     case 14:
         if (NAME_IS("X-Consul-Index")) {

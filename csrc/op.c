@@ -1032,12 +1032,18 @@ static int aop_fail(lua_State *L)
     return 0;
 }
 
-/* _op.conn(op) --> host (or "unix:/path"), port, pool, https, server name, verify, timeout ms,
- * cert file, key file */
+/* _op.conn(op) --> pool name, timeout ms (every request);
+ * _op.conn(op, true) --> host (or "unix:/path"), port, https, server name, verify, cert file,
+ * key file (what a pool name stands for: asked once per name) */
 static int aop_conn(lua_State *L)
 {
     consul_op *op = checkop(L);
     consul_conf *cf = op->m.conf;
+    if (!lua_toboolean(L, 2)) {
+        lua_pushstring(L, cf->pool);
+        lua_pushinteger(L, cf->timeout_ms);
+        return 2;
+    }
     if (cf->unix_path != NULL) {
         lua_pushfstring(L, "unix:%s", cf->unix_path);
         lua_pushnil(L);
@@ -1045,10 +1051,6 @@ static int aop_conn(lua_State *L)
         lua_pushstring(L, cf->host);
         lua_pushinteger(L, cf->port);
     }
-    lua_pushfstring(L, "consul:%s:%s:%s:%d:%s:%s", cf->https ? "https" : "http", cf->hostport,
-                    cf->server_name != NULL ? cf->server_name : "", cf->verify,
-                    cf->cert_file != NULL ? cf->cert_file : "",
-                    cf->key_file != NULL ? cf->key_file : "");
     lua_pushboolean(L, cf->https);
     if (cf->server_name != NULL)
         lua_pushstring(L, cf->server_name);
@@ -1057,7 +1059,6 @@ static int aop_conn(lua_State *L)
     else
         lua_pushnil(L);
     lua_pushboolean(L, cf->verify);
-    lua_pushinteger(L, cf->timeout_ms);
     if (cf->cert_file != NULL)
         lua_pushstring(L, cf->cert_file);
     else
@@ -1066,7 +1067,7 @@ static int aop_conn(lua_State *L)
         lua_pushstring(L, cf->key_file);
     else
         lua_pushnil(L);
-    return 9;
+    return 7;
 }
 
 /* _op.finish(op) --> the call's results */

@@ -33,7 +33,8 @@ static inline consul_conf *fuzz_conf(void)
     cf->hostport = strdup("127.0.0.1:1");
     cf->host = strdup("127.0.0.1");
     cf->port = 1;
-    cf->host_header = strdup("127.0.0.1:1");
+    cf->host_line = strdup(" HTTP/1.1\r\nHost: 127.0.0.1:1\r\n");
+    cf->host_line_len = strlen(cf->host_line);
     cf->max_answer = 1 << 20;
     return cf;
 }

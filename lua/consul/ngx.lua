@@ -58,27 +58,42 @@ end
 
 -- ---- one request over a cosocket ---------------------------------------------------------
 
+-- What a pool name stands for (csrc/client.c names a pool after all a connection depends
+-- on): where to connect, the connect options, TLS. Asked of C once per name.
+local conns, nconns = {}, 0
+
+local function conn_of(o, pool)
+  local host, port, https, server_name, verify, cert_file, key_file = op_conn(o, true)
+  -- a cosocket resolves names only with nginx's `resolver`: localhost needs none
+  if host == "localhost" then host = "127.0.0.1" end
+  if nconns >= 256 then conns, nconns = {}, 0 end  -- a program of many agents: start over
+  local cn = { host = host, port = port, opts = { pool = pool, pool_size = POOL_SIZE },
+    https = https, server_name = server_name, verify = verify, cert_file = cert_file,
+    key_file = key_file }
+  conns[pool], nconns = cn, nconns + 1
+  return cn
+end
+
 -- A connection to the op's agent, from the worker's pool: sock, reused, or nil, what, why.
 local function connect(o, ms)
-  local host, port, pool, https, server_name, verify, timeout, cert_file, key_file = op_conn(o)
+  local pool, timeout = op_conn(o)
+  local cn = conns[pool] or conn_of(o, pool)
   local sock = tcp()
   sock:settimeouts(ms < timeout and ms or timeout, ms, ms)
   local ok, err
-  -- a cosocket resolves names only with nginx's `resolver`: localhost needs none
-  if host == "localhost" then host = "127.0.0.1" end
-  if port then
-    ok, err = sock:connect(host, port, { pool = pool, pool_size = POOL_SIZE })
+  if cn.port then
+    ok, err = sock:connect(cn.host, cn.port, cn.opts)
   else
-    ok, err = sock:connect(host, { pool = pool, pool_size = POOL_SIZE })
+    ok, err = sock:connect(cn.host, cn.opts)
   end
   if not ok then
     return nil, err == "timeout" and "timeout" or "connect", err
   end
   local reused = sock:getreusedtimes()
   if reused == 0 then op_connected(o) end
-  if https and reused == 0 then
-    if cert_file then
-      local cert, key = client_cert(cert_file, key_file)
+  if cn.https and reused == 0 then
+    if cn.cert_file then
+      local cert, key = client_cert(cn.cert_file, cn.key_file)
       if not cert then
         sock:close()
         return nil, "tls", key
@@ -93,7 +108,8 @@ local function connect(o, ms)
     -- result looked at. When the handshake completes without yielding and the verification
     -- failed, lua-resty-core 0.1.25 asserts instead of returning nginx's reason: the
     -- certificate did not verify, and why is lost. Which of the two happens is timing.)
-    local pok, sess, herr = pcall(sock.sslhandshake, sock, nil, server_name, verify)
+    local verify = cn.verify
+    local pok, sess, herr = pcall(sock.sslhandshake, sock, nil, cn.server_name, verify)
     if not pok or not sess then
       sock:close()
       if not pok then
@@ -109,11 +125,16 @@ end
 
 -- Reads an answer into the op until it is whole: its feed result (1 reusable, 2 close, -1
 -- failed), or 0 when the connection died before a byte came (worth another connection).
-local function read_answer(o, sock, deadline)
+-- set: the socket's read timeout already ends at the deadline (to within the microseconds a
+-- pooled connection and a small send took), so the first read need not set it again.
+local function read_answer(o, sock, deadline, set)
   local first = true
   while true do
-    local left = (deadline - now()) * 1000
-    sock:settimeout(left > 1 and left or 1)
+    if not set then
+      local left = (deadline - now()) * 1000
+      sock:settimeout(left > 1 and left or 1)
+    end
+    set = false
     local data, err = sock:receiveany(65536)
     if not data then
       if err == "closed" then
@@ -146,7 +167,7 @@ local function transfer(o, head, body, ms)
         return op_fail(o, err == "timeout" and "timeout" or "closed", err)
       end
     else
-      st, why = read_answer(o, sock, deadline)
+      st, why = read_answer(o, sock, deadline, reused > 0 and not body)
     end
     if st == 1 then
       sock:setkeepalive(KEEPALIVE_MS, POOL_SIZE)
@@ -305,7 +326,7 @@ local function monitor(f)
       if st == 0 then op_fail(o, "closed", "closed") end
       return drive(o)
     end
-    local s = setmetatable({ op = o, sock = sock, timeout = select(7, op_conn(o)) / 1000 }, Stream)
+    local s = setmetatable({ op = o, sock = sock, timeout = select(2, op_conn(o)) / 1000 }, Stream)
     return s, nil, nil, s
   end
 end
