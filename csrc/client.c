@@ -461,11 +461,18 @@ static void configure(lua_State *L, consul_conf *cf)
             consul_error(L, "bad option 'consistency' to 'new' (\"default\", \"consistent\" or "
                           "\"stale\" expected)");
     }
-    /* nginx's driver shares a pooled connection only between confs that agree on all this */
-    lua_pushfstring(L, "consul:%s:%s:%s:%d:%s:%s", cf->https ? "https" : "http", cf->hostport,
-                    cf->server_name != NULL ? cf->server_name : "", cf->verify,
-                    cf->cert_file != NULL ? cf->cert_file : "",
-                    cf->key_file != NULL ? cf->key_file : "");
+    /* nginx's driver shares a pooled connection only between confs that agree on all this,
+     * and takes what the name stands for from the first conf it meets with it: so each
+     * piece that may hold a ':' goes with its length, and no two confs share a name but
+     * by being the same on all of it */
+    {
+        const char *sn = cf->server_name != NULL ? cf->server_name : "";
+        const char *cert = cf->cert_file != NULL ? cf->cert_file : "";
+        const char *key = cf->key_file != NULL ? cf->key_file : "";
+        lua_pushfstring(L, "consul:%s:%d:%d:%s:%d:%s:%d:%s:%d:%s", cf->https ? "https" : "http",
+                        cf->verify, (int)strlen(cf->hostport), cf->hostport, (int)strlen(sn), sn,
+                        (int)strlen(cert), cert, (int)strlen(key), key);
+    }
     consul_set_str(L, &cf->pool, lua_tostring(L, -1), consul_rawlen(L, -1));
     lua_pop(L, 3);  /* the pool name, the two addr strings */
 }

@@ -126,8 +126,8 @@ end
 -- Reads an answer into the op until it is whole: its feed result (1 reusable, 2 close, -1
 -- failed), or 0 when the connection died before a byte came (worth another connection).
 -- set: the socket's read timeout already ends at the deadline (a first attempt on a pooled
--- connection with nothing but a head to send: to within microseconds), so the first read
--- need not set it again.
+-- connection, and no yield since the deadline was set, as far as ngx.now()'s milliseconds
+-- tell), so the first read need not set it again.
 local function read_answer(o, sock, deadline, set)
   local first = true
   while true do
@@ -153,10 +153,12 @@ end
 
 -- Sends the op's request and reads its answer into it (or tells it how the transfer failed).
 local function transfer(o, head, body, ms)
-  local deadline = now() + ms / 1000
+  local t0 = now()
+  local deadline = t0 + ms / 1000
   -- a pooled connection the agent closed meanwhile: another one, as libcurl does
   for attempt = 1, 3 do
-    local sock, reused, why = connect(o, ms)
+    local left = attempt == 1 and ms or (deadline - now()) * 1000
+    local sock, reused, why = connect(o, left > 1 and left or 1)
     if not sock then
       return op_fail(o, reused, why)
     end
@@ -169,7 +171,7 @@ local function transfer(o, head, body, ms)
         return op_fail(o, err == "timeout" and "timeout" or "closed", err)
       end
     else
-      st, why = read_answer(o, sock, deadline, attempt == 1 and reused > 0 and not body)
+      st, why = read_answer(o, sock, deadline, attempt == 1 and reused > 0 and now() == t0)
     end
     if st == 1 then
       sock:setkeepalive(KEEPALIVE_MS, POOL_SIZE)
