@@ -370,11 +370,11 @@ local ok, err = pcall(function()
 
   -- hand-over between two handlers
   if wanted("handover") then
-  local ho = sh("curl -s 127.0.0.1:" .. n.port .. "/handover?rounds=200")
-  local med = tonumber(ho:match("^median_us=([%-%d%.]+)"))
-  print(string.format("lock hand-over between two light threads, 200 rounds (release() returned -> the " ..
-    "waiter's c:lock returned; call_: from release()'s start): %s  %s", (ho:gsub("%s+$", "")),
-    med and med < 1000 and "met (median < 1 ms)" or "MISSED (median < 1 ms)"))
+    local ho = sh("curl -s 127.0.0.1:" .. n.port .. "/handover?rounds=200")
+    local med = tonumber(ho:match("^median_us=([%-%d%.]+)"))
+    print(string.format("lock hand-over between two light threads, 200 rounds (release() returned -> the " ..
+      "waiter's c:lock returned; call_: from release()'s start): %s  %s", (ho:gsub("%s+$", "")),
+      med and med < 1000 and "met (median < 1 ms)" or "MISSED (median < 1 ms)"))
   end
 
   -- 100 handlers parked in blocking queries

@@ -68,6 +68,8 @@ typedef struct consul_buf {
 int consul_buf_reserve(consul_buf *b, size_t extra);  /* 0 ok, -1 out of memory */
 int consul_buf_add(consul_buf *b, const void *p, size_t n);
 int consul_buf_adds(consul_buf *b, const char *s);
+/* a string literal, its length counted by the compiler */
+#define consul_buf_addlit(b, lit) consul_buf_add((b), lit, sizeof(lit) - 1)
 int consul_buf_addf(consul_buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void consul_buf_reset(consul_buf *b);  /* keeps the memory */

@@ -26,35 +26,35 @@ int consul_wire_head(consul_buf *b, const consul_conf *cf, const consul_req *rq)
     const char *token = rq->token != NULL ? rq->token : cf->token;
     int has_body = rq->body != NULL || strcmp(rq->method, "GET") != 0;
     consul_buf_reset(b);
-    if (consul_buf_adds(b, rq->method) != 0 || consul_buf_add(b, " ", 1) != 0 ||
+    if (consul_buf_adds(b, rq->method) != 0 || consul_buf_addlit(b, " ") != 0 ||
         consul_buf_adds(b, rq->path) != 0 ||
         (rq->query != NULL && rq->query[0] != '\0' &&
-         (consul_buf_add(b, "?", 1) != 0 || consul_buf_adds(b, rq->query) != 0)) ||
+         (consul_buf_addlit(b, "?") != 0 || consul_buf_adds(b, rq->query) != 0)) ||
         consul_buf_add(b, cf->host_line, cf->host_line_len) != 0)
         return -1;
     if (token != NULL && token[0] != '\0' &&
-        (consul_buf_adds(b, "X-Consul-Token: ") != 0 || consul_buf_adds(b, token) != 0 ||
-         consul_buf_add(b, "\r\n", 2) != 0))
+        (consul_buf_addlit(b, "X-Consul-Token: ") != 0 || consul_buf_adds(b, token) != 0 ||
+         consul_buf_addlit(b, "\r\n") != 0))
         return -1;
     if (rq->body != NULL && rq->content_type != NULL &&
-        (consul_buf_adds(b, "Content-Type: ") != 0 || consul_buf_adds(b, rq->content_type) != 0 ||
-         consul_buf_add(b, "\r\n", 2) != 0))
+        (consul_buf_addlit(b, "Content-Type: ") != 0 || consul_buf_adds(b, rq->content_type) != 0 ||
+         consul_buf_addlit(b, "\r\n") != 0))
         return -1;
-    if (has_body && (consul_buf_add(b, "Content-Length: ", 16) != 0 ||
+    if (has_body && (consul_buf_addlit(b, "Content-Length: ") != 0 ||
                      add_size(b, rq->body != NULL ? rq->body_len : 0) != 0 ||
-                     consul_buf_add(b, "\r\n", 2) != 0))
+                     consul_buf_addlit(b, "\r\n") != 0))
         return -1;
     if (rq->headers != NULL) {
         const char *p = rq->headers;
         while (*p != '\0') {
             const char *nl = strchr(p, '\n');
             size_t n = nl != NULL ? (size_t)(nl - p) : strlen(p);
-            if (consul_buf_add(b, p, n) != 0 || consul_buf_add(b, "\r\n", 2) != 0)
+            if (consul_buf_add(b, p, n) != 0 || consul_buf_addlit(b, "\r\n") != 0)
                 return -1;
             p += n + (nl != NULL);
         }
     }
-    return consul_buf_add(b, "\r\n", 2);
+    return consul_buf_addlit(b, "\r\n");
 }
 
 /* ---- the answer -------------------------------------------------------------- */
