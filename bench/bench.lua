@@ -21,7 +21,9 @@ operation, results checked.
 Fairness: the keys are written once before any measurement; each workload is then measured
 ROUNDS times, the sides taking turns and rotating who goes first each round, and the best of
 each side is reported (highest ops/s, lowest CPU/op: on a shared 2-core machine other load and
-the agent's own warm-up only ever make a run slower). BENCH_STAT=median reports medians.
+the agent's own warm-up only ever make a run slower). BENCH_STAT=median reports medians. An
+information block gives the paired figures too: each round's module run over the raw run next
+to it in time, the median over the rounds.
 
 Information rows: under the lock cycle, the plain 4 requests and Go's 5 made raw; under get,
 the raw get followed by 3 us of busy client CPU ("get-spin"): what a little more client work
@@ -501,9 +503,18 @@ for _, w in ipairs(workloads) do
   end
   local alts = {}
   for i, a in ipairs(w.alts or {}) do alts[i] = { label = a.label, spin = a.spin, s = summarize(got[i]) } end
+  -- paired: each round's module run against the raw run next to it in time, the median over
+  -- the rounds (a slow change of the machine or the agent moves both runs of a pair alike)
+  local pt, pc = {}, {}
+  for i = 1, ROUNDS do
+    pt[i] = got.module[i].ops_s / got.raw[i].ops_s
+    pc[i] = got.module[i].cpu_op / got.raw[i].cpu_op
+  end
   results[#results + 1] = {
     w = w, n = n,
     raw = summarize(got.raw), module = summarize(got.module), alts = alts,
+    paired = { ops = median(pt), cpu = median(pc), ops_lo = math.min(table.unpack(pt)),
+      ops_hi = math.max(table.unpack(pt)) },
   }
   ::next_workload::
 end
@@ -549,6 +560,13 @@ for _, r in ipairs(results) do
     " (" .. table.concat(goals, ", ") .. ")"))
 end
 print("agent cpu/op: the agent's CPU per op, module over raw (what the agent is given to do).")
+print()
+print("paired (information): each round's module run over the raw run next to it, the median " ..
+  "over the rounds (and their range)")
+for _, r in ipairs(results) do
+  print(string.format("  %-16s throughput %s (%s-%s), client cpu per op %s", r.w.label,
+    ratio(r.paired.ops), ratio(r.paired.ops_lo), ratio(r.paired.ops_hi), ratio(r.paired.cpu)))
+end
 
 for _, r in ipairs(results) do
   for _, a in ipairs(r.alts) do
