@@ -551,8 +551,8 @@ static void build_headers(lua_State *L, consul_op *op, int idx)
         for (i = 0; i < vn; i++)
             if (((unsigned char)v[i] < 0x20 && v[i] != '\t') || v[i] == 0x7f)
                 consul_argerror(L, 4, "option 'headers' has a bad header value (control bytes)");
-        if (consul_buf_add(&op->m.hdrs, k, kn) != 0 || consul_buf_add(&op->m.hdrs, ": ", 2) != 0 ||
-            consul_buf_add(&op->m.hdrs, v, vn) != 0 || consul_buf_add(&op->m.hdrs, "\n", 1) != 0)
+        if (consul_buf_add(&op->m.hdrs, k, kn) != 0 || consul_buf_addlit(&op->m.hdrs, ": ") != 0 ||
+            consul_buf_add(&op->m.hdrs, v, vn) != 0 || consul_buf_addlit(&op->m.hdrs, "\n") != 0)
             consul_error(L, "not enough memory");
         lua_pop(L, 1);
     }

@@ -599,7 +599,7 @@ static int prepare(consul_http *h, const consul_req *rq, consul_resp *rs, consul
 
     if (consul_buf_adds(&h->url, cf->base_url) != 0 || consul_buf_adds(&h->url, rq->path) != 0 ||
         (rq->query != NULL && rq->query[0] != '\0' &&
-         (consul_buf_add(&h->url, "?", 1) != 0 || consul_buf_adds(&h->url, rq->query) != 0)))
+         (consul_buf_addlit(&h->url, "?") != 0 || consul_buf_adds(&h->url, rq->query) != 0)))
         return consul_resp_fail(rs, CONSUL_ENOMEM, "out of memory");
     if (rq->token == NULL && rq->headers == NULL &&
         (rq->body == NULL || rq->content_type == NULL ||

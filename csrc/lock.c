@@ -866,7 +866,7 @@ static int new_lock(lua_State *L, int kind, int limit, int opts, int optarg)
     lk->key[n] = '\0';
     lk->key_len = n;
     if (consul_buf_adds(&path, "/v1/kv/") != 0 || consul_buf_add_escaped(&path, key, n, 1) != 0 ||
-        (kind == CONSUL_KIND_SEMAPHORE && consul_buf_add(&path, "/", 1) != 0)) {
+        (kind == CONSUL_KIND_SEMAPHORE && consul_buf_addlit(&path, "/") != 0)) {
         consul_buf_free(&path);
         return consul_error(L, "not enough memory");
     }
@@ -1077,7 +1077,7 @@ static int guard_op(consul_lock *lk, consul_buf *b)
     if (lk->kind == CONSUL_KIND_SEMAPHORE) {
         /* prefix/<session>: the key holds the prefix without its slash */
         consul_buf k = CONSUL_BUF_INIT;
-        int rc = consul_buf_add(&k, lk->key, lk->key_len) != 0 || consul_buf_add(&k, "/", 1) != 0 ||
+        int rc = consul_buf_add(&k, lk->key, lk->key_len) != 0 || consul_buf_addlit(&k, "/") != 0 ||
                  consul_buf_adds(&k, lk->session) != 0 ||
                  consul_buf_add_json_string(b, k.data, k.len) != 0;
         consul_buf_free(&k);

@@ -300,8 +300,8 @@ static const qopt qopts[] = {
 void consul_op_query(lua_State *L, consul_op *op, const char *name, const char *v, size_t n)
 {
     consul_buf *q = &op->m.query;
-    if ((q->len > 0 && consul_buf_add(q, "&", 1) != 0) || consul_buf_adds(q, name) != 0 ||
-        (v != NULL && (consul_buf_add(q, "=", 1) != 0 ||
+    if ((q->len > 0 && consul_buf_addlit(q, "&") != 0) || consul_buf_adds(q, name) != 0 ||
+        (v != NULL && (consul_buf_addlit(q, "=") != 0 ||
                        consul_buf_add_escaped(q, v, n, 0) != 0)))
         luaL_error(L, "not enough memory");
 }

@@ -219,7 +219,7 @@ static int encode_lock(consul_buf *b, const semlock *s)
     if (consul_buf_addf(b, "{\"Limit\":%ld,\"Holders\":{", s->limit) != 0)
         return -1;
     for (i = 0; i < s->n; i++)
-        if ((i > 0 && consul_buf_add(b, ",", 1) != 0) ||
+        if ((i > 0 && consul_buf_addlit(b, ",") != 0) ||
             consul_buf_add_json_string(b, s->holders[i].name, s->holders[i].len) != 0 ||
             consul_buf_adds(b, ":true") != 0)
             return -1;
