@@ -18,11 +18,11 @@
 
 /* ---- the userdata ------------------------------------------------------- */
 
-static void client_release(consul_client *c)
+static void client_release(lua_State *L, consul_client *c)
 {
     consul_http_release(&c->http);
     if (c->conf != NULL) {
-        consul_op_drop_spare(c->conf);
+        consul_op_drop_spare(L, c->conf);
         consul_conf_release(c->conf);
         c->conf = NULL;
     }
@@ -56,7 +56,7 @@ static int client_gc(lua_State *L)
 {
     consul_client *c = consul_testudata(L, 1, CONSUL_CLIENT_MT);
     if (c != NULL)
-        client_release(c);
+        client_release(L, c);
     return 0;
 }
 
@@ -66,7 +66,7 @@ static int client_close(lua_State *L)
     consul_client *c = luaL_checkudata(L, 1, CONSUL_CLIENT_MT);
     if (lua_gettop(L) > 1)
         return consul_error(L, "too many arguments to 'close' (none expected)");
-    client_release(c);
+    client_release(L, c);
     return 0;
 }
 

@@ -162,6 +162,10 @@ typedef struct consul_conf {
      * finishes knowing only its conf. */
     struct consul_op *spare;
     int closed;
+    /* A blocking call's box, kept in the registry at this reference (0: none) for the next
+     * blocking call to take (op.c): a new userdata with a finalizer per call cost more than
+     * the call's own header parsing. */
+    int box_ref;
 } consul_conf;
 
 consul_conf *consul_conf_new(void);
@@ -587,7 +591,7 @@ void consul_client_open(lua_State *L);  /* module table at -1 */
  * anything raise). The op holds c's conf, not c: closing c meanwhile is harmless. */
 consul_op *consul_op_new(lua_State *L, consul_client *c);
 /* The client closes: its conf keeps no finished call's memory any more. */
-void consul_op_drop_spare(consul_conf *cf);
+void consul_op_drop_spare(lua_State *L, consul_conf *cf);
 /* Parses per-call options (table at idx, or none) into op's query, token and wait. Raises on
  * unknown names or bad values. Applies the client's dc and consistency unless the call
  * names its own. for_request: c:request's own query/body/headers are skipped. */

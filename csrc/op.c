@@ -75,14 +75,46 @@ static int op_gc(lua_State *L)
 typedef char op_layout_check[offsetof(consul_mach, state) ==
                              offsetof(consul_mach, last) + sizeof(consul_resp) + 1024 ? 1 : -1];
 
-consul_op *consul_op_new(lua_State *L, consul_client *c)
+/* The box a blocking call takes: the last one's, if it is there (its slot is false while a
+ * call has it: one that raises leaves it to the collector, and its op with it), else new. */
+static op_box *new_box(lua_State *L, consul_conf *cf)
 {
-    op_box *b = consul_newuserdata(L, sizeof *b);
-    consul_conf *cf = c->conf;
-    consul_op *op;
+    op_box *b;
+    if (cf->box_ref > 0 && !consul_op_async(L)) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, cf->box_ref);
+        b = lua_touserdata(L, -1);
+        if (b != NULL && b->op == NULL) {
+            lua_pushboolean(L, 0);
+            lua_rawseti(L, LUA_REGISTRYINDEX, cf->box_ref);
+            return b;
+        }
+        lua_pop(L, 1);
+    }
+    b = consul_newuserdata(L, sizeof *b);
     b->op = NULL;
     luaL_getmetatable(L, CONSUL_OP_MT);
     lua_setmetatable(L, -2);
+    return b;
+}
+
+/* A blocking call is over and its op recycled: its box (at box, a user value of nil, as
+ * nothing but an nginx call sets one) is kept for the next. */
+static void keep_box(lua_State *L, consul_conf *cf, int box)
+{
+    if (cf == NULL)
+        return;
+    lua_pushvalue(L, box);
+    if (cf->box_ref > 0)
+        lua_rawseti(L, LUA_REGISTRYINDEX, cf->box_ref);
+    else
+        cf->box_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+consul_op *consul_op_new(lua_State *L, consul_client *c)
+{
+    consul_conf *cf = c->conf;
+    op_box *b = new_box(L, cf);
+    consul_op *op;
     if (cf->spare != NULL) {
         /* the last call's memory: its buffers (and in nginx its driver's) keep their
          * capacity */
@@ -154,9 +186,13 @@ static void op_recycle(op_box *b)
     }
 }
 
-void consul_op_drop_spare(consul_conf *cf)
+void consul_op_drop_spare(lua_State *L, consul_conf *cf)
 {
     cf->closed = 1;
+    if (cf->box_ref > 0) {
+        luaL_unref(L, LUA_REGISTRYINDEX, cf->box_ref);  /* the box goes to the collector */
+        cf->box_ref = 0;
+    }
     if (cf->spare != NULL) {
         op_free(cf->spare);
         cf->spare = NULL;
@@ -908,7 +944,12 @@ int consul_op_call_on(lua_State *L, consul_client *c, consul_http *h, consul_op 
     consul_mach_run(&op->m, h, c != NULL);
     op->box = box;
     n = consul_op_results(L, op);
-    op_recycle(b);
+    {
+        /* (an open conf is the client's, which outlives the recycle; a closed one may not) */
+        consul_conf *cf = op->m.conf != NULL && !op->m.conf->closed ? op->m.conf : NULL;
+        op_recycle(b);
+        keep_box(L, cf, box);
+    }
     return n;
 }
 
