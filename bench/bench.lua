@@ -38,7 +38,9 @@ is non-zero only when something errored.
 Environment: BENCH_ROUNDS (default 5), BENCH_STAT (best or median), BENCH_SCALE (multiplies
 every N; 0.1 for a quick look), BENCH_VERBOSE=1 (every single measurement on stderr),
 BENCH_ONLY=id,id (only these workloads and checks), BENCH_PIN=0 (client and agent not pinned
-to CPUs of their own; see "Pinning" below).
+to CPUs of their own; see "Pinning" below), BENCH_AA=1 (every workload's raw run a second time,
+as a third side taking its turn like the others, judged like the module: raw ÷ raw, the
+harness's own noise floor for the same statistic).
 ]]
 
 -- ---- the workloads -----------------------------------------------------------------------
@@ -402,6 +404,7 @@ local VERBOSE = (os.getenv("BENCH_VERBOSE") or "") ~= ""
 local ONLY = {}
 for id in (os.getenv("BENCH_ONLY") or ""):gmatch("[^,%s]+") do ONLY[id] = true end
 local function wanted(id) return next(ONLY) == nil or ONLY[id] end
+local AA = (os.getenv("BENCH_AA") or "") ~= "" and os.getenv("BENCH_AA") ~= "0"
 
 local function run(cmd)
   local p = assert(io.popen(cmd, "r"))
@@ -524,6 +527,10 @@ for _, w in ipairs(workloads) do
   local n = math.max(1, math.floor(w.n * SCALE + 0.5))
   local sides = { "raw", "module" }
   local got = { raw = {}, module = {} }
+  if AA then
+    sides[#sides + 1] = "aa"
+    got.aa = {}
+  end
   for i, a in ipairs(w.alts or {}) do
     sides[#sides + 1] = i
     got[i] = {}
@@ -546,16 +553,20 @@ for _, w in ipairs(workloads) do
   for i, a in ipairs(w.alts or {}) do alts[i] = { label = a.label, spin = a.spin, s = summarize(got[i]) } end
   -- paired: each round's module run against the raw run next to it in time, the median over
   -- the rounds (a slow change of the machine or the agent moves both runs of a pair alike)
-  local pt, pc = {}, {}
-  for i = 1, ROUNDS do
-    pt[i] = got.module[i].ops_s / got.raw[i].ops_s
-    pc[i] = got.module[i].cpu_op / got.raw[i].cpu_op
+  local function paired(of)
+    local pt, pc = {}, {}
+    for i = 1, ROUNDS do
+      pt[i] = of[i].ops_s / got.raw[i].ops_s
+      pc[i] = of[i].cpu_op / got.raw[i].cpu_op
+    end
+    return { ops = median(pt), cpu = median(pc), ops_lo = math.min(table.unpack(pt)),
+      ops_hi = math.max(table.unpack(pt)) }
   end
   results[#results + 1] = {
     w = w, n = n,
     raw = summarize(got.raw), module = summarize(got.module), alts = alts,
-    paired = { ops = median(pt), cpu = median(pc), ops_lo = math.min(table.unpack(pt)),
-      ops_hi = math.max(table.unpack(pt)) },
+    paired = paired(got.module),
+    aa = AA and { s = summarize(got.aa), paired = paired(got.aa) } or nil,
   }
   ::next_workload::
 end
@@ -607,6 +618,18 @@ print("paired (information): each round's module run over the raw run next to it
 for _, r in ipairs(results) do
   print(string.format("  %-16s throughput %s (%s-%s), client cpu per op %s", r.w.label,
     ratio(r.paired.ops), ratio(r.paired.ops_lo), ratio(r.paired.ops_hi), ratio(r.paired.cpu)))
+end
+
+if AA then
+  print()
+  print("noise floor (BENCH_AA, information): the raw client again, as a third side, over raw; " ..
+    "the same statistics as the module's (best of each side; paired median and range)")
+  for _, r in ipairs(results) do
+    print(string.format("  %-16s throughput %s, client cpu per op %s; paired %s (%s-%s), cpu %s",
+      r.w.label, ratio(r.aa.s.ops_s / r.raw.ops_s), ratio(r.aa.s.cpu_op / r.raw.cpu_op),
+      ratio(r.aa.paired.ops), ratio(r.aa.paired.ops_lo), ratio(r.aa.paired.ops_hi),
+      ratio(r.aa.paired.cpu)))
+  end
 end
 
 for _, r in ipairs(results) do
