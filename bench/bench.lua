@@ -551,8 +551,9 @@ for _, w in ipairs(workloads) do
   end
   local alts = {}
   for i, a in ipairs(w.alts or {}) do alts[i] = { label = a.label, spin = a.spin, s = summarize(got[i]) } end
-  -- paired: each round's module run against the raw run next to it in time, the median over
-  -- the rounds (a slow change of the machine or the agent moves both runs of a pair alike)
+  -- paired: each round's module run (or BENCH_AA's second raw run) against the raw run next to
+  -- it in time, the median over the rounds (a slow change of the machine or the agent moves
+  -- both runs of a pair alike)
   local function paired(of)
     local pt, pc = {}, {}
     for i = 1, ROUNDS do
