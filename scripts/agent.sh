@@ -4,6 +4,7 @@
 #   scripts/agent.sh start DIR [--acl] [--acl-no-bootstrap] [--tls]
 #                              [--tls-verify-incoming] [--unix] [--encrypt]
 #                              [--name NAME] [--kv-max-value-size BYTES]
+#                              [--raft-log-entries N]
 #       Starts `consul agent -dev` on 127.0.0.1 with free ports, state in DIR
 #       (created).  When the agent is ready, prints KEY=value lines on stdout
 #       (values are single-quoted shell-style only when they need it):
@@ -25,6 +26,10 @@
 #       currently in legacy mode" for a moment: retry on it.)
 #       All diagnostics go to stderr.  Exit status non-zero on failure (the
 #       process is stopped again).
+#       --kv-max-value-size BYTES: the largest KV value (and txn request).
+#       --raft-log-entries N: keep the in-memory Raft log to about N entries
+#       (a snapshot every 250-500 ms once N are new, N kept after it): for
+#       many big writes, which otherwise grow a dev agent by gigabytes.
 #
 #   scripts/agent.sh stop DIR
 #       Stops the agent whose PID is in DIR/pid (SIGTERM, up to 5 s, then
@@ -193,7 +198,7 @@ if [ "$cmd" = stop ]; then
 fi
 [ "$cmd" = start ] || usage
 
-acl=0 bootstrap=1 tls=0 verify=0 unix=0 encrypt=0 name="" kv_max=""
+acl=0 bootstrap=1 tls=0 verify=0 unix=0 encrypt=0 name="" kv_max="" raft_log=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --acl) acl=1;;
@@ -205,6 +210,7 @@ while [ $# -gt 0 ]; do
     --name) [ $# -ge 2 ] || usage; name=$2; shift;;
     --name=*) name=${1#--name=};;
     --kv-max-value-size) [ $# -ge 2 ] || usage; kv_max=$2; shift;;
+    --raft-log-entries) [ $# -ge 2 ] || usage; raft_log=$2; shift;;
     *) log "unknown flag $1"; usage;;
   esac
   shift
@@ -318,6 +324,14 @@ write_config() {
       echo "  kv_max_value_size = $kv_max"
       echo "  txn_max_req_len   = $kv_max"
       echo "}"
+    fi
+    if [ -n "$raft_log" ]; then
+      # a dev agent keeps its Raft log in memory, and by default only compacts it past 16384
+      # entries keeping 10240: with 1 MiB values that is gigabytes, and an agent whose cost per
+      # write changes as its heap grows.  Snapshot every second or so past N entries, keep N.
+      echo "raft_snapshot_threshold = $raft_log"
+      echo "raft_trailing_logs      = $raft_log"
+      echo "raft_snapshot_interval  = \"250ms\""
     fi
     if [ $acl = 1 ]; then
       echo "primary_datacenter = \"$dc\""
