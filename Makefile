@@ -88,7 +88,7 @@ bench: all consul
 	@mkdir -p build/bench
 	$(CC) -std=c99 -O2 -Wall -Wextra -o build/rawbench bench/rawbench.c $(LIBS_CFLAGS) $(LIBS_LDFLAGS)
 	$(CC) -std=c99 -O2 -Wall -Wextra -fPIC -shared $(LUA54_INC) -o build/bench/benchutil.so bench/benchutil.c
-	CONSUL_TEST_KV_MAX=2097152 scripts/with-agent.sh env $(PATHS54) sh -c \
+	scripts/with-agent.sh env $(PATHS54) sh -c \
 	  'lua5.4 bench/bench.lua build/rawbench && echo && lua5.4 bench/nginx.lua'
 
 # Only the nginx part of the benchmark.

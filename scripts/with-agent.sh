@@ -143,7 +143,7 @@ unset CONSUL_CACERT CONSUL_CAPATH CONSUL_CLIENT_CERT CONSUL_CLIENT_KEY \
 CONSUL_BIN=$("$here/fetch-consul.sh") || { log "fetching consul failed"; exit 1; }
 export CONSUL_BIN
 
-# CONSUL_TEST_KV_MAX: a larger KV value limit for the shared agent (make bench: 2 MiB values)
+# CONSUL_TEST_KV_MAX: a larger KV value limit for the shared agent (bytes)
 out=$("$here/agent.sh" start "$CONSUL_TEST_TMP/shared" --name shared \
   ${CONSUL_TEST_KV_MAX:+--kv-max-value-size "$CONSUL_TEST_KV_MAX"}) || { log "starting the shared agent failed"; exit 1; }
 eval "$out"
