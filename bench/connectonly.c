@@ -142,7 +142,7 @@ int main(int argc, char **argv)
     CURL *e;
     long n, i;
     char way;
-    int connect_only;
+    int connect_only, rc = 1;
     double t0 = 0, c0 = 0;
     if (argc != 4 || strlen(argv[2]) != 1 || strchr("ABCD", argv[2][0]) == NULL ||
         (n = strtol(argv[3], NULL, 10)) <= 0)
@@ -161,8 +161,10 @@ int main(int argc, char **argv)
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     if (connect_only) {
         curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
-        if (curl_easy_perform(e) != CURLE_OK)
-            return die("connect failed");
+        if (curl_easy_perform(e) != CURLE_OK) {
+            die("connect failed");
+            goto out;
+        }
     }
     for (i = -3; i < n; i++) {  /* 3 untimed gets first */
         if (i == 0) {
@@ -171,17 +173,24 @@ int main(int argc, char **argv)
         }
         answer_len = 0;
         if (connect_only ? get_connect_only(e, req, strlen(req)) != 0
-                         : curl_easy_perform(e) != CURLE_OK)
-            return die("a get failed");
-        if (answer_len != VALUE_LEN)
-            return die("the value is not 1 MiB (put bench/big first)");
+                         : curl_easy_perform(e) != CURLE_OK) {
+            die("a get failed");
+            goto out;
+        }
+        if (answer_len != VALUE_LEN) {
+            die("the value is not 1 MiB (put bench/big first)");
+            goto out;
+        }
         if (way == 'B' || way == 'C')
             copy_to_fresh();
     }
     printf("%c %.0f gets/s %.1f us cpu/get\n", way, (double)n / (now() - t0),
            (cpu() - c0) / (double)n * 1e6);
+    rc = 0;
+out:
     curl_easy_cleanup(e);
+    curl_global_cleanup();
     free(answer);
     free(fresh);
-    return 0;
+    return rc;
 }
