@@ -85,6 +85,15 @@ static void wait_for(CURL *e, short ev)
     poll(&p, 1, 5000);
 }
 
+/* up to n bytes into p, waiting for them; 0 ok (*got > 0), -1 failed or closed */
+static int recv_some(CURL *e, char *p, size_t n, size_t *got)
+{
+    CURLcode rc;
+    while ((rc = curl_easy_recv(e, p, n, got)) == CURLE_AGAIN)
+        wait_for(e, POLLIN);
+    return rc == CURLE_OK && *got > 0 ? 0 : -1;
+}
+
 /* one get, the connect-only way; 0 ok */
 static int get_connect_only(CURL *e, const char *req, size_t req_len)
 {
@@ -102,12 +111,7 @@ static int get_connect_only(CURL *e, const char *req, size_t req_len)
         sent += got;
     }
     while (end == NULL) {
-        CURLcode rc = curl_easy_recv(e, head + head_len, sizeof head - 1 - head_len, &got);
-        if (rc == CURLE_AGAIN) {
-            wait_for(e, POLLIN);
-            continue;
-        }
-        if (rc != CURLE_OK || got == 0)
+        if (recv_some(e, head + head_len, sizeof head - 1 - head_len, &got) != 0)
             return -1;
         head_len += got;
         head[head_len] = '\0';
@@ -124,12 +128,7 @@ static int get_connect_only(CURL *e, const char *req, size_t req_len)
         return -1;
     memcpy(answer, end, answer_len);
     while (answer_len < want) {
-        CURLcode rc = curl_easy_recv(e, answer + answer_len, want - answer_len, &got);
-        if (rc == CURLE_AGAIN) {
-            wait_for(e, POLLIN);
-            continue;
-        }
-        if (rc != CURLE_OK || got == 0)
+        if (recv_some(e, answer + answer_len, want - answer_len, &got) != 0)
             return -1;
         answer_len += got;
     }
