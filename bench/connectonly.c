@@ -138,6 +138,7 @@ static int get_connect_only(CURL *e, const char *req, size_t req_len)
 int main(int argc, char **argv)
 {
     char url[256], req[256];
+    size_t req_len;
     CURL *e;
     long n, i;
     char way;
@@ -153,6 +154,7 @@ int main(int argc, char **argv)
         return die("out of memory");
     snprintf(url, sizeof url, "http://%s/v1/kv/bench/big?raw", argv[1]);
     snprintf(req, sizeof req, "GET /v1/kv/bench/big?raw HTTP/1.1\r\nHost: %s\r\n\r\n", argv[1]);
+    req_len = strlen(req);
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
@@ -171,7 +173,7 @@ int main(int argc, char **argv)
             c0 = cpu();
         }
         answer_len = 0;
-        if (connect_only ? get_connect_only(e, req, strlen(req)) != 0
+        if (connect_only ? get_connect_only(e, req, req_len) != 0
                          : curl_easy_perform(e) != CURLE_OK) {
             die("a get failed");
             goto out;
