@@ -142,8 +142,9 @@ static int head_done(consul_wire *w, const consul_req *rq, consul_resp *rs, cons
         w->state = W_STATUS;
         return 0;
     }
-    if (rs->status == 204 || rs->status == 304 || (rs->has_length && rs->length == 0 &&
-                                                   !rs->chunked)) {
+    if (rs->status == 204 || rs->status == 304 || strcmp(rq->method, "HEAD") == 0 ||
+        (rs->has_length && rs->length == 0 && !rs->chunked)) {
+        /* (a HEAD answer's Content-Length is the GET's: no body follows) */
         w->state = W_DONE;
         return 0;
     }
@@ -218,6 +219,18 @@ static int chunk_size(const char *s, size_t n, uint64_t *out)
         return -1;
     *out = v;
     return 0;
+}
+
+/* The answer is whole; clean: nothing came after it on the connection. */
+static int done(consul_wire *w, consul_resp *rs, consul_buf *out, int clean)
+{
+    w->keepalive = clean && !rs->close && !w->stopped;
+    if (consul_buf_reserve(out, 0) != 0)
+        return fail(w, rs, CONSUL_ENOMEM, "out of memory");
+    rs->body = out->data;
+    rs->body_len = out->len;
+    rs->code = rs->status >= 200 && rs->status < 300 ? CONSUL_OK : CONSUL_EHTTP;
+    return CONSUL_WIRE_DONE;
 }
 
 int consul_wire_feed(consul_wire *w, const consul_req *rq, consul_resp *rs, consul_buf *out,
@@ -321,11 +334,47 @@ int consul_wire_feed(consul_wire *w, const consul_req *rq, consul_resp *rs, cons
         return CONSUL_WIRE_MORE;
     /* Done: a reusable connection has sent exactly this answer, nothing after it. A sink
      * that stopped the answer has left the rest unread: that connection is not reusable. */
-    w->keepalive = p != NULL && !rs->close && n == 0 && !w->stopped;
-    if (consul_buf_reserve(out, 0) != 0)
-        return fail(w, rs, CONSUL_ENOMEM, "out of memory");
-    rs->body = out->data;
-    rs->body_len = out->len;
-    rs->code = rs->status >= 200 && rs->status < 300 ? CONSUL_OK : CONSUL_EHTTP;
-    return CONSUL_WIRE_DONE;
+    return done(w, rs, out, p != NULL && n == 0);
+}
+
+size_t consul_wire_room(const consul_wire *w, const consul_req *rq, const consul_resp *rs,
+                        consul_buf *out, size_t max_answer, char **dst)
+{
+    uint64_t room;
+    if ((w->state != W_BODY && w->state != W_CHUNK_DATA) || w->left == 0 ||
+        (rq->sink != NULL && rs->status < 300))
+        return 0;
+    /* A body of known length has all its room reserved already (head_done); a chunk gets
+     * room for itself when it is worth it, within max_answer (beyond it, feeding the bytes
+     * fails as it should). */
+    if (w->state == W_CHUNK_DATA) {
+        uint64_t want = w->left < max_answer - out->len ? w->left : max_answer - out->len;
+        if (want < 4096 || consul_buf_reserve(out, (size_t)want) != 0)
+            return 0;
+    }
+    if (out->data == NULL)
+        return 0;
+    room = out->cap - out->len - 1;
+    if (room > w->left)
+        room = w->left;
+    if (room > max_answer - out->len)
+        room = max_answer - out->len;
+    *dst = out->data + out->len;
+    return (size_t)room;
+}
+
+int consul_wire_took(consul_wire *w, consul_resp *rs, consul_buf *out, size_t n)
+{
+    /* (n is at most what consul_wire_room gave) */
+    out->len += n;
+    out->data[out->len] = '\0';
+    w->left -= n;
+    if (w->left > 0)
+        return CONSUL_WIRE_MORE;
+    if (w->state == W_CHUNK_DATA) {
+        w->state = W_CHUNK_END;
+        return CONSUL_WIRE_MORE;
+    }
+    w->state = W_DONE;
+    return done(w, rs, out, 1);
 }

@@ -1,7 +1,9 @@
 /*
- * fuzz_wire.c: an HTTP/1.1 answer as it arrives over a cosocket, in pieces. The first byte
- * sets how the rest is cut (piece sizes) and whether a sink (a stream) takes the body; the
- * parser must end in one answer, one failure, or want more, never read past what it got.
+ * fuzz_wire.c: an HTTP/1.1 answer as it arrives over a cosocket or a connect-only libcurl
+ * connection, in pieces. The first byte sets how the rest is cut (piece sizes), whether a
+ * sink (a stream) takes the body, and whether body bytes are received in place where the
+ * parser offers room (consul_wire_room, as http.c's blocking driver does); the parser must
+ * end in one answer, one failure, or want more, never read or write past what it got.
  */
 #include "fuzz.h"
 
@@ -20,7 +22,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     consul_buf out = CONSUL_BUF_INIT;
     consul_req rq;
     size_t piece, off = 1, total = 0;
-    int r = CONSUL_WIRE_MORE;
+    int r = CONSUL_WIRE_MORE, direct;
     if (size < 1)
         return 0;
     memset(&w, 0, sizeof w);
@@ -30,15 +32,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         rq.sink = sink;
         rq.sink_ud = &total;
     }
-    piece = (size_t)(data[0] & 0x3f) + 1;
+    piece = (size_t)(data[0] & 0x1f) + 1;
+    direct = (data[0] & 0x20) != 0;
     consul_wire_begin(&w, &rs, &out);
     while (off < size && r == CONSUL_WIRE_MORE) {
         size_t n = size - off < piece ? size - off : piece;
-        /* each piece in a buffer of its own size: a read past it is a finding */
-        char *p = malloc(n);
-        memcpy(p, data + off, n);
-        r = consul_wire_feed(&w, &rq, &rs, &out, 4096, p, n);
-        free(p);
+        char *dst = NULL;
+        size_t room = direct ? consul_wire_room(&w, &rq, &rs, &out, 4096, &dst) : 0;
+        if (room > 0) {
+            /* into the answer buffer, as a receive would: a write past room is a finding */
+            if (n > room)
+                n = room;
+            memcpy(dst, data + off, n);
+            r = consul_wire_took(&w, &rs, &out, n);
+        } else {
+            /* each piece in a buffer of its own size: a read past it is a finding */
+            char *p = malloc(n);
+            memcpy(p, data + off, n);
+            r = consul_wire_feed(&w, &rq, &rs, &out, 4096, p, n);
+            free(p);
+        }
         off += n;
     }
     if (r == CONSUL_WIRE_MORE && (data[0] & 0x40))
