@@ -230,6 +230,16 @@ int consul_resp_fail(consul_resp *rs, int code, const char *fmt, ...)
 void consul_format_failure(char *out, size_t n, const char *method, const char *path,
                            const consul_resp *rs);
 
+/* An incremental parser of one answer. */
+typedef struct consul_wire {
+    int state;
+    consul_buf line;         /* a head line or chunk-size line being read */
+    size_t head_bytes;
+    uint64_t left;           /* bytes left of the body or of the chunk */
+    int keepalive;           /* the connection may serve another request */
+    int stopped;             /* a sink stopped the answer */
+} consul_wire;
+
 /* One libcurl easy handle: one kept-alive connection. */
 typedef struct consul_http {
     CURL *easy;
@@ -249,6 +259,13 @@ typedef struct consul_http {
     unsigned gen;               /* the fork generation that made easy: a child makes its own */
     long set_timeout, set_idle, set_connect;  /* the limits easy has now */
     char errbuf[CURL_ERROR_SIZE];
+    /* the blocking driver's own connection (libcurl connect-only; consul_http_perform) */
+    CURL *co;                   /* NULL: none kept */
+    unsigned co_gen;            /* the fork generation that connected it */
+    consul_buf head;            /* a request's head (and a small body) */
+    consul_wire wire;           /* its answer, as it arrives */
+    char *piece;                /* what is received other than straight into the answer */
+    char co_err[CURL_ERROR_SIZE];
 } consul_http;
 
 void consul_http_global_init(void);
@@ -271,15 +288,6 @@ int consul_http_step(consul_http *h, CURLM *m, int timeout_ms, consul_resp *rs);
 /* The request line and headers of rq (HTTP/1.1, keep-alive), ending in the blank line. */
 int consul_wire_head(consul_buf *b, const consul_conf *cf, const consul_req *rq);
 
-/* An incremental parser of one answer. */
-typedef struct consul_wire {
-    int state;
-    consul_buf line;         /* a head line or chunk-size line being read */
-    size_t head_bytes;
-    uint64_t left;           /* bytes left of the body or of the chunk */
-    int keepalive;           /* the connection may serve another request */
-    int stopped;             /* a sink stopped the answer */
-} consul_wire;
 
 enum { CONSUL_WIRE_MORE = 0, CONSUL_WIRE_DONE = 1 };
 void consul_wire_begin(consul_wire *w, consul_resp *rs, consul_buf *out);
@@ -290,6 +298,12 @@ int consul_wire_head_done(const consul_wire *w);  /* the answer's head is in */
  * -code (rs failed: decode, closed). */
 int consul_wire_feed(consul_wire *w, const consul_req *rq, consul_resp *rs, consul_buf *out,
                      size_t max_answer, const char *p, size_t n);
+/* Where the next body bytes may be received in place, in out (*dst, reserved there if need
+ * be): how many (0: none may, feed them instead). Then consul_wire_took says how many came,
+ * and returns as feed does. */
+size_t consul_wire_room(const consul_wire *w, const consul_req *rq, const consul_resp *rs,
+                        consul_buf *out, size_t max_answer, char **dst);
+int consul_wire_took(consul_wire *w, consul_resp *rs, consul_buf *out, size_t n);
 
 /* ---- json.c ------------------------------------------------------------ */
 

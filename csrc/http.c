@@ -11,6 +11,8 @@
 #include "consul.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,6 +20,8 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+
+static void co_close(consul_http *h);
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static unsigned fork_gen;  /* how many fork()s this process descends from, since loading */
@@ -397,35 +401,12 @@ static size_t on_header(char *line, size_t size, size_t n, void *ud)
 
 /* ---- the handle ------------------------------------------------------- */
 
-/* A new easy handle for h, set up from its conf. 0 ok. */
-static int setup_easy(consul_http *h)
+/* What any connection of h's needs: where, how (TLS, a Unix socket), and its socket options. */
+static void set_connection(consul_http *h, CURL *e)
 {
     consul_conf *cf = h->conf;
-    CURL *e = curl_easy_init();
-    if (e == NULL)
-        return -1;
-    h->easy = e;
-    h->gen = fork_gen;
-    h->set_timeout = h->set_idle = -1;  /* none set yet */
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, h->errbuf);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, h);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, h);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    /* libcurl reads 16 KiB a system call and sends 64 KiB by default: a 1 MiB get took 64
-     * reads and polls. 512 KiB both ways (the most libcurl < 7.88 reads at once): on the raw
-     * client's 1 MiB get and put, larger sizes gained less than the rounds' spread (README,
-     * Benchmark). The read buffer is the handle's, allocated once, and only the pages a
-     * transfer fills become resident; libcurl allocates the send buffer for each upload of
-     * more than 64 KiB and frees it after: at 1 MiB that malloc/free made glibc grow and trim
-     * its heap around each put (2 ms of page faults per 1 MiB put + get), at 512 KiB it did not. */
-    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 512L * 1024);
-    curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 512L * 1024);
-    /* A key "a/.." is a key, not a path to squash: Consul then refuses it (301) instead of
-     * libcurl silently writing (or recursively deleting) "a/". */
-    curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     /* HTTP/1.1 over TLS too (Consul offers h2 by ALPN): one framing for both drivers */
@@ -445,6 +426,35 @@ static int setup_easy(consul_http *h)
         curl_easy_setopt(e, CURLOPT_SSLKEY, cf->key_file);
     if (h->connect_to != NULL)
         curl_easy_setopt(e, CURLOPT_CONNECT_TO, h->connect_to);
+}
+
+/* A new easy handle for h, set up from its conf. 0 ok. */
+static int setup_easy(consul_http *h)
+{
+    CURL *e = curl_easy_init();
+    if (e == NULL)
+        return -1;
+    h->easy = e;
+    h->gen = fork_gen;
+    h->set_timeout = h->set_idle = -1;  /* none set yet */
+    set_connection(h, e);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, h->errbuf);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, h);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, h);
+    /* libcurl reads 16 KiB a system call and sends 64 KiB by default: a 1 MiB get took 64
+     * reads and polls. 512 KiB both ways (the most libcurl < 7.88 reads at once): on the raw
+     * client's 1 MiB get and put, larger sizes gained less than the rounds' spread (README,
+     * Benchmark). The read buffer is the handle's, allocated once, and only the pages a
+     * transfer fills become resident; libcurl allocates the send buffer for each upload of
+     * more than 64 KiB and frees it after: at 1 MiB that malloc/free made glibc grow and trim
+     * its heap around each put (2 ms of page faults per 1 MiB put + get), at 512 KiB it did not. */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 512L * 1024);
+    curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 512L * 1024);
+    /* A key "a/.." is a key, not a path to squash: Consul then refuses it (301) instead of
+     * libcurl silently writing (or recursively deleting) "a/". */
+    curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
     return 0;
 }
 
@@ -461,6 +471,11 @@ int consul_http_init(consul_http *h, consul_conf *cf)
 
 void consul_http_release(consul_http *h)
 {
+    co_close(h);
+    consul_buf_free(&h->head);
+    consul_wire_free(&h->wire);
+    free(h->piece);
+    h->piece = NULL;
     if (h->easy != NULL) {
         curl_easy_cleanup(h->easy);
         h->easy = NULL;
@@ -515,18 +530,18 @@ static int base_headers(struct curl_slist **list, const char *token)
 /* What went wrong, once libcurl says so. A request that was sent got an answer we cannot
  * read (decode), or the connection closed (closed), or time ran out; one that was not sent
  * could not reach the agent (connect). */
-static int map_error(consul_http *h, CURLcode rc, consul_resp *rs)
+static int map_error(consul_http *h, CURL *e, const char *errbuf, CURLcode rc, consul_resp *rs)
 {
     const char *hp = h->conf->hostport;
-    const char *why = h->errbuf[0] ? h->errbuf : curl_easy_strerror(rc);
+    const char *why = errbuf[0] ? errbuf : curl_easy_strerror(rc);
     long oserr = 0, opened = 0, sent = 0;
 
-    curl_easy_getinfo(h->easy, CURLINFO_REQUEST_SIZE, &sent);
+    curl_easy_getinfo(e, CURLINFO_REQUEST_SIZE, &sent);
     switch (rc) {
     case CURLE_COULDNT_CONNECT:
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
-        curl_easy_getinfo(h->easy, CURLINFO_OS_ERRNO, &oserr);
+        curl_easy_getinfo(e, CURLINFO_OS_ERRNO, &oserr);
         if (oserr == ECONNREFUSED)
             return consul_resp_fail(rs, CONSUL_ECONNECT, "connect to %s refused", hp);
         if (oserr == ENOENT && h->conf->unix_path != NULL)
@@ -553,7 +568,7 @@ static int map_error(consul_http *h, CURLcode rc, consul_resp *rs)
     case CURLE_RECV_ERROR:
     case CURLE_SEND_ERROR:
     case CURLE_PARTIAL_FILE:
-        curl_easy_getinfo(h->easy, CURLINFO_NUM_CONNECTS, &opened);
+        curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &opened);
         /* A TLS peer that drops a connection it just accepted, before any status, refused
          * the handshake: typically a client certificate it requires and did not get. */
         if (rc != CURLE_PARTIAL_FILE && rs->status == 0 && opened > 0 &&
@@ -707,15 +722,253 @@ static int finish(consul_http *h, const consul_req *rq, CURLcode rc, consul_resp
                                                  rs->status >= 200 && rs->status < 300))
         rs->code = CONSUL_OK;  /* we stopped it: the caller knows why */
     else
-        map_error(h, rc, rs);
+        map_error(h, e, h->errbuf, rc, rs);
+    return rs->code;
+}
+
+/* ---- the blocking driver: libcurl connects, wire.c frames ----------------------- */
+
+/* A blocking request is framed by the module itself (wire.c, as nginx's driver does) on a
+ * connection libcurl makes (CURLOPT_CONNECT_ONLY: TCP or a Unix socket, TLS, connect_to), so
+ * that a body is received straight into the answer buffer. Through libcurl's transfer each
+ * byte went through libcurl's buffer first: a copy of every 1 MiB get, on top of the one
+ * that makes the Lua string (README, Benchmark). Streams (a sink, an idle limit) keep
+ * libcurl's transfer, on the handle's other easy handle. */
+
+#define CO_PIECE (256 * 1024)   /* what is not received in place is read into this */
+#define CO_HEAD_PIECE 16384     /* ... this much of it at a time until the head is whole */
+#define CO_INLINE 4096         /* a body up to this long goes out with the head, copied */
+
+static void co_close(consul_http *h)
+{
+    if (h->co != NULL) {
+        curl_easy_cleanup(h->co);
+        h->co = NULL;
+    }
+}
+
+/* ms left before deadline (0: none) */
+static long left_ms(int64_t deadline)
+{
+    int64_t left = deadline - consul_now_ms();
+    return left <= 0 ? 0 : left > LONG_MAX ? LONG_MAX : (long)left;
+}
+
+/* A new connection: 0, else -1 and rs says why. */
+static int co_connect(consul_http *h, int64_t deadline, consul_resp *rs)
+{
+    consul_conf *cf = h->conf;
+    long left = left_ms(deadline);
+    CURLcode rc;
+    CURL *e;
+    if (left == 0) {
+        consul_resp_fail(rs, CONSUL_ETIMEOUT, "%s: no time left to connect", cf->hostport);
+        return -1;
+    }
+    if ((e = curl_easy_init()) == NULL) {
+        consul_resp_fail(rs, CONSUL_ENOMEM, "out of memory");
+        return -1;
+    }
+    set_connection(h, e);
+    h->co_err[0] = '\0';
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, h->co_err);
+    curl_easy_setopt(e, CURLOPT_URL, cf->base_url);
+    curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
+    /* curl_easy_recv reads at most the buffer size a call, 16 KiB by default: a 1 MiB body
+     * took 64 receives and polls. As setup_easy's (only what a receive fills is touched). */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 512L * 1024);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, left < cf->timeout_ms ? left : cf->timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, left);
+    if ((rc = curl_easy_perform(e)) != CURLE_OK) {
+        map_error(h, e, h->co_err, rc, rs);
+        curl_easy_cleanup(e);
+        return -1;
+    }
+    h->co = e;
+    h->co_gen = fork_gen;
+    return 0;
+}
+
+/* Until the connection can take (POLLOUT) or give (POLLIN) bytes: 0; -1 the deadline came
+ * first; -2 the connection is gone. */
+static int co_wait(consul_http *h, short ev, int64_t deadline)
+{
+    curl_socket_t fd = CURL_SOCKET_BAD;
+    if (curl_easy_getinfo(h->co, CURLINFO_ACTIVESOCKET, &fd) != CURLE_OK || fd == CURL_SOCKET_BAD)
+        return -2;
+    for (;;) {
+        struct pollfd p;
+        long left = left_ms(deadline);
+        int r;
+        if (left == 0)
+            return -1;
+        p.fd = fd;
+        p.events = ev;
+        p.revents = 0;
+        r = poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left);
+        if (r > 0)
+            return 0;  /* (an error or a hang-up too: the next send or receive says which) */
+        if (r < 0 && errno != EINTR)
+            return -2;
+    }
+}
+
+/* All n bytes: 0; -1 the deadline came first; 1 the connection broke (*rc says how). */
+static int co_send(consul_http *h, const char *p, size_t n, int64_t deadline, CURLcode *rc)
+{
+    while (n > 0) {
+        size_t k = 0;
+        *rc = curl_easy_send(h->co, p, n, &k);
+        if (*rc == CURLE_AGAIN) {
+            int w = co_wait(h, POLLOUT, deadline);
+            if (w == -1)
+                return -1;
+            if (w < 0) {
+                *rc = CURLE_SEND_ERROR;
+                return 1;
+            }
+            continue;
+        }
+        if (*rc != CURLE_OK)
+            return 1;
+        p += k;
+        n -= k;
+    }
+    return 0;
+}
+
+/* The answer, into rs and out: 0 whole; -1 the deadline came first; -2 it could not be read
+ * (rs says why); 1 the connection broke (*rc says how; *got, whether a byte had come). */
+static int co_receive(consul_http *h, const consul_req *rq, consul_resp *rs, consul_buf *out,
+                      int64_t deadline, CURLcode *rc, int *got)
+{
+    consul_wire *w = &h->wire;
+    size_t max = h->conf->max_answer;
+    consul_wire_begin(w, rs, out);
+    for (;;) {
+        char *dst = NULL;
+        size_t room = consul_wire_room(w, rq, rs, out, max, &dst), n = 0;
+        int direct = room > 0, r;
+        if (!direct) {
+            /* a head is read in small pieces: body bytes read with it are copied once more */
+            dst = h->piece;
+            room = consul_wire_head_done(w) ? CO_PIECE : CO_HEAD_PIECE;
+        }
+        *rc = curl_easy_recv(h->co, dst, room, &n);
+        if (*rc == CURLE_AGAIN) {
+            int wr = co_wait(h, POLLIN, deadline);
+            if (wr == -1)
+                return -1;
+            if (wr < 0) {
+                *rc = CURLE_RECV_ERROR;
+                return 1;
+            }
+            continue;
+        }
+        if (*rc != CURLE_OK)
+            return 1;
+        if (n == 0) {
+            /* the peer closed: before a byte, the connection broke; else the answer ends
+             * here, whole or not */
+            if (!*got) {
+                *rc = CURLE_GOT_NOTHING;
+                return 1;
+            }
+            r = consul_wire_feed(w, rq, rs, out, max, NULL, 0);
+        } else {
+            *got = 1;
+            r = direct ? consul_wire_took(w, rs, out, n)
+                       : consul_wire_feed(w, rq, rs, out, max, dst, n);
+        }
+        if (r == CONSUL_WIRE_DONE)
+            return 0;
+        if (r < 0)
+            return -2;
+    }
+}
+
+/* One request on the kept connection, or on a new one: a kept connection the agent closed
+ * meanwhile (it broke before a byte of answer came) is replaced once, as libcurl and the
+ * nginx driver do; a new one that breaks so is an answer of its own. */
+static int co_perform(consul_http *h, const consul_req *rq, consul_resp *rs, consul_buf *out)
+{
+    consul_conf *cf = h->conf;
+    int64_t deadline = consul_now_ms() + (rq->timeout_ms > 0 ? rq->timeout_ms : 1);
+    size_t blen = rq->body != NULL ? rq->body_len : 0;
+    long connects = 0;
+    int attempt;
+
+    consul_resp_reset(rs);
+    consul_buf_reset(out);
+    if (h->co != NULL && h->co_gen != fork_gen)
+        co_close(h);  /* forked since: as prepare() does with the transfer's handle */
+    if (consul_wire_head(&h->head, cf, rq) != 0 ||
+        (blen > 0 && blen <= CO_INLINE && consul_buf_add(&h->head, rq->body, blen) != 0) ||
+        (h->piece == NULL && (h->piece = malloc(CO_PIECE)) == NULL))
+        return consul_resp_fail(rs, CONSUL_ENOMEM, "out of memory");
+    if (blen <= CO_INLINE)
+        blen = 0;  /* sent with the head */
+    for (attempt = 0; attempt < 2; attempt++) {
+        int fresh = h->co == NULL, got = 0, r;
+        CURLcode rc = CURLE_OK;
+        if (fresh) {
+            if (co_connect(h, deadline, rs) != 0)
+                break;
+            connects++;
+        }
+        r = co_send(h, h->head.data, h->head.len, deadline, &rc);
+        if (r == 0 && blen > 0)
+            r = co_send(h, rq->body, blen, deadline, &rc);
+        if (r == 0)
+            r = co_receive(h, rq, rs, out, deadline, &rc, &got);
+        if (r == 0) {
+            if (!h->wire.keepalive)
+                co_close(h);
+            break;
+        }
+        co_close(h);
+        if (r == -2) {
+            if (rs->code == CONSUL_ECLOSED)
+                consul_resp_fail(rs, CONSUL_ECLOSED, "%s closed the connection: the answer "
+                                 "was cut short", cf->hostport);
+            break;
+        }
+        if (rs->status < 200)
+            rs->status = 0;  /* only an interim answer (100 Continue) came: no answer */
+        if (r == -1) {
+            consul_resp_fail(rs, CONSUL_ETIMEOUT, "%s: %s within %ld ms", cf->hostport,
+                             got ? "the answer did not come whole" : "no answer",
+                             rq->timeout_ms);
+            break;
+        }
+        if (!got && !fresh)
+            continue;  /* a kept connection the agent had closed */
+        {
+            const char *why = h->co_err[0] ? h->co_err : curl_easy_strerror(rc);
+            /* A TLS peer that drops a connection it just accepted, before any answer,
+             * refused the handshake: typically a client certificate it requires and did
+             * not get (with TLS 1.3 the client hears so only at its first read). */
+            if (fresh && !got && cf->https)
+                consul_resp_fail(rs, CONSUL_ETLS, "TLS with %s: the server ended the handshake "
+                                 "(client certificate required?): %s", cf->hostport, why);
+            else
+                consul_resp_fail(rs, CONSUL_ECLOSED, "%s closed the connection: %s",
+                                 cf->hostport, why);
+        }
+        break;
+    }
+    rs->connects = connects;
     return rs->code;
 }
 
 int consul_http_perform(consul_http *h, const consul_req *rq, consul_resp *rs, consul_buf *out)
 {
-    if (prepare(h, rq, rs, out) != 0)
-        return rs->code;
-    return finish(h, rq, curl_easy_perform(h->easy), rs);
+    if (rq->stream || rq->sink != NULL) {
+        if (prepare(h, rq, rs, out) != 0)
+            return rs->code;
+        return finish(h, rq, curl_easy_perform(h->easy), rs);
+    }
+    return co_perform(h, rq, rs, out);
 }
 
 int consul_http_start(consul_http *h, CURLM *m, const consul_req *rq, consul_resp *rs,
