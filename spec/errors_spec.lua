@@ -154,6 +154,45 @@ describe("errors", function()
       assert.equals(200, meta.status)
       x:close()
     end)
+
+    it("fake server: a kept connection that closes before a byte of answer is replaced once; a new one is not", function()
+      local x = consul.new({ addr = fs.addr, timeout = 2 })
+      local kept = fakeserver.answer("[1]", { close = false })
+      fs:script("keep", { kept })
+      assert.same({ 1 }, (x:request("GET", "/v1/raw/keep")))
+      assert.same({ requests = 1, connects = 1 }, x:stats())
+      -- the kept connection is asked next and closes without a byte ("nothing"): the request
+      -- goes once more, on a new connection, which does the same: that is the answer
+      fs:forget_requests()
+      local err = failed("closed", nil, x:request("GET", "/v1/kv/nothing"))
+      assert.matches("^consul: GET /v1/kv/nothing: " .. esc(fs.addr) .. " closed the connection: ", err)
+      assert.equals(2, #fs:requests())
+      assert.same({ requests = 2, connects = 2 }, x:stats())
+      -- a new connection that closes at once is not tried again
+      fs:forget_requests()
+      failed("closed", nil, x:request("GET", "/v1/kv/nothing"))
+      assert.equals(1, #fs:requests())
+      assert.same({ requests = 3, connects = 3 }, x:stats())
+      x:close()
+    end)
+  end)
+
+  describe("fake server: it drops each connection after 1 s, as an agent may drop an idle one", function()
+    local fs
+    setup(function() fs = fakeserver.start({ connection = 1 }) end)
+    teardown(function() if fs then fs:stop() end end)
+
+    it("a kept connection the server dropped meanwhile: the next call goes on a new one and succeeds", function()
+      local x = consul.new({ addr = fs.addr, timeout = 2 })
+      local kept = fakeserver.answer("[1]", { close = false })
+      fs:script("idle", { kept, fakeserver.answer("[2]", { close = false }) })
+      assert.same({ 1 }, (x:request("GET", "/v1/raw/idle")))
+      os.execute("sleep 1.5")
+      local r, err = x:request("GET", "/v1/raw/idle")
+      assert.same({ 2 }, r, err)
+      assert.same({ requests = 2, connects = 2 }, x:stats())
+      x:close()
+    end)
   end)
 
   -------------------------------------------------------------------------------------------
