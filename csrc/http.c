@@ -1,7 +1,9 @@
 /*
  * http.c: a client's configuration, what an answer's status line and headers say, and
- * libcurl. One consul_http is one easy handle and its connection cache; consul_http_perform
- * sends one consul_req and fills one consul_resp, the body into a buffer the caller owns.
+ * libcurl. One consul_http is one kept-alive connection per way of using it:
+ * consul_http_perform (a blocking call) sends one consul_req and fills one consul_resp, the
+ * body into a buffer the caller owns, framing HTTP/1.1 itself (wire.c) on a connection
+ * libcurl makes; a stream and the renewer thread use libcurl's transfer on a multi handle.
  * Knows nothing of Lua, so it serves the Lua-facing calls and the renewer thread alike.
  *
  * Every answer is bounded: its head by CONSUL_MAX_HEAD, its body by the conf's max_answer,

@@ -2,7 +2,8 @@
  * mach.c: machines. A call that makes requests (one, or the many of a lock acquire) is a
  * consul_mach: its step function says what it wants next ("send this request", "sleep this
  * long", "done") and is given each answer. A driver moves the bytes: consul_mach_run below
- * with libcurl, in the caller's thread; lua/consul.lua with nginx's cosockets, stepping the
+ * in the caller's thread (consul_http_perform: wire.c's framing on a connection libcurl
+ * makes); lua/consul/ngx.lua with nginx's cosockets, stepping the
  * same machine from Lua (op.c); the renewer thread on its multi handle (renew.c). So every
  * algorithm exists once, and none of them knows how its requests travel.
  *

@@ -1,9 +1,11 @@
 /*
  * wire.c: requests and answers as bytes, for a driver that moves the bytes itself (nginx's
- * cosockets, lua/consul.lua). consul_wire_head writes a request's HTTP/1.1 head;
+ * cosockets, lua/consul/ngx.lua; the blocking driver on a libcurl connection, http.c).
+ * consul_wire_head writes a request's HTTP/1.1 head;
  * consul_wire_feed reads an answer as it arrives, in pieces of any size, into the same
- * consul_resp and body buffer that libcurl fills (http.c), with the same limits: a head of
- * CONSUL_MAX_HEAD, a body of max_answer, Content-Length, chunked or until-close framing.
+ * consul_resp and body buffer that libcurl's transfer fills for a stream (http.c), with the
+ * same limits: a head of CONSUL_MAX_HEAD, a body of max_answer, Content-Length, chunked or
+ * until-close framing; consul_wire_room lets a driver receive body bytes in place instead.
  * No Lua, no sockets: fuzzed as it is (fuzz/).
  */
 #include "consul.h"
