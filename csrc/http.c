@@ -776,6 +776,9 @@ static int co_connect(consul_http *h, int64_t deadline, consul_resp *rs)
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, h->co_err);
     curl_easy_setopt(e, CURLOPT_URL, cf->base_url);
     curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
+    /* a proxy from the environment (libcurl honours http_proxy, no_proxy...): a tunnel to the
+     * agent, since the request that follows is ours, not one libcurl sends to the proxy */
+    curl_easy_setopt(e, CURLOPT_HTTPPROXYTUNNEL, 1L);
     /* curl_easy_recv reads at most the buffer size a call, 16 KiB by default: a 1 MiB body
      * took 64 receives and polls. As setup_easy's (only what a receive fills is touched). */
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 512L * 1024);
@@ -791,8 +794,8 @@ static int co_connect(consul_http *h, int64_t deadline, consul_resp *rs)
     return 0;
 }
 
-/* Until the connection can take (POLLOUT) or give (POLLIN) bytes: 0; -1 the deadline came
- * first; -2 the connection is gone. */
+/* Until the connection can take (POLLOUT) or give (POLLIN) bytes: what poll saw (> 0); -1
+ * the deadline came first; -2 the connection is gone. */
 static int co_wait(consul_http *h, short ev, int64_t deadline)
 {
     curl_socket_t fd = CURL_SOCKET_BAD;
@@ -809,26 +812,34 @@ static int co_wait(consul_http *h, short ev, int64_t deadline)
         p.revents = 0;
         r = poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left);
         if (r > 0)
-            return 0;  /* (an error or a hang-up too: the next send or receive says which) */
+            return p.revents;  /* (an error or a hang-up too: the next send or receive says
+                                * which) */
         if (r < 0 && errno != EINTR)
             return -2;
     }
 }
 
-/* All n bytes: 0; -1 the deadline came first; 1 the connection broke (*rc says how). */
+/* All n bytes: 0; -1 the deadline came first; 1 the connection broke (*rc says how); 2 the
+ * agent is answering already. An agent may answer a request before it has read its body
+ * (413 to a value over its kv_max_value_size) and then stop reading it: that answer is what
+ * the request gets, so a send that cannot go on watches for it. */
 static int co_send(consul_http *h, const char *p, size_t n, int64_t deadline, CURLcode *rc)
 {
     while (n > 0) {
         size_t k = 0;
+        if (left_ms(deadline) == 0)
+            return -1;
         *rc = curl_easy_send(h->co, p, n, &k);
         if (*rc == CURLE_AGAIN) {
-            int w = co_wait(h, POLLOUT, deadline);
+            int w = co_wait(h, POLLOUT | POLLIN, deadline);
             if (w == -1)
                 return -1;
             if (w < 0) {
                 *rc = CURLE_SEND_ERROR;
                 return 1;
             }
+            if ((w & POLLIN) && !(w & POLLOUT))
+                return 2;
             continue;
         }
         if (*rc != CURLE_OK)
@@ -849,6 +860,8 @@ static int co_receive(consul_http *h, const consul_req *rq, consul_resp *rs, con
     consul_wire_begin(w, rs, out);
     for (;;) {
         char *dst = NULL;
+        if (left_ms(deadline) == 0)
+            return -1;  /* (also when every receive finds bytes: a fast agent, a slow copy) */
         size_t room = consul_wire_room(w, rq, rs, out, max, &dst), n = 0;
         int direct = room > 0, r;
         if (!direct) {
@@ -881,6 +894,14 @@ static int co_receive(consul_http *h, const consul_req *rq, consul_resp *rs, con
             *got = 1;
             r = direct ? consul_wire_took(w, rs, out, n)
                        : consul_wire_feed(w, rq, rs, out, max, dst, n);
+            if (r == CONSUL_WIRE_DONE && direct && w->keepalive) {
+                /* Fed, an answer's last piece shows whether bytes came after it; received
+                 * in place, none past its end were read: one look, and a connection with
+                 * more in it is not reused (those bytes would begin the next answer). */
+                size_t more = 0;
+                if (curl_easy_recv(h->co, h->piece, 1, &more) != CURLE_AGAIN)
+                    w->keepalive = 0;
+            }
         }
         if (r == CONSUL_WIRE_DONE)
             return 0;
@@ -921,22 +942,32 @@ static int co_perform(consul_http *h, const consul_req *rq, consul_resp *rs, con
         r = co_send(h, h->head.data, h->head.len, deadline, &rc);
         if (r == 0 && blen > 0)
             r = co_send(h, rq->body, blen, deadline, &rc);
-        if (r == 0)
+        if (r != -1) {
+            /* all sent; or the agent answers early, or stopped reading and closed: its
+             * answer may be there all the same (as libcurl's transfer, reading while it
+             * sends, would have had it) */
+            int partial = r != 0;
+            CURLcode sent_rc = rc;
             r = co_receive(h, rq, rs, out, deadline, &rc, &got);
+            if (r == 0 && partial)
+                h->wire.keepalive = 0;  /* the rest of the body is still owed on it */
+            if (r == 1 && !got && partial && sent_rc != CURLE_OK)
+                rc = sent_rc;  /* nothing came: the send's failure says it best */
+        }
         if (r == 0) {
             if (!h->wire.keepalive)
                 co_close(h);
             break;
         }
         co_close(h);
+        if (rs->status < 200)
+            rs->status = 0;  /* only an interim answer (100 Continue) came: no answer */
         if (r == -2) {
             if (rs->code == CONSUL_ECLOSED)
                 consul_resp_fail(rs, CONSUL_ECLOSED, "%s closed the connection: the answer "
                                  "was cut short", cf->hostport);
             break;
         }
-        if (rs->status < 200)
-            rs->status = 0;  /* only an interim answer (100 Continue) came: no answer */
         if (r == -1) {
             consul_resp_fail(rs, CONSUL_ETIMEOUT, "%s: %s within %ld ms", cf->hostport,
                              got ? "the answer did not come whole" : "no answer",

@@ -266,6 +266,23 @@ describe("errors", function()
       assert.equals(big, v)
       assert.is_true((c.kv:delete(k)))
     end)
+
+    it("413 for values far over the limit (1, 4, 16, 64 MiB): the agent answers before it has read them, and that answer is the call's", function()
+      -- Consul refuses by Content-Length and stops reading: a client that only sent would
+      -- meet a closed connection ("closed") instead of the agent's 413 and its reason
+      local x = consul.new({ addr = shared.addr, timeout = 10 })
+      local k = PREFIX .. "huge"
+      for _, mib in ipairs({ 1, 4, 16, 64 }) do
+        local err, meta = failed("http", 413, x.kv:put(k, string.rep("z", mib * 1024 * 1024)))
+        assert.matches("^consul: PUT /v1/kv/spec/errors/huge: 413 Request body%(" .. mib * 1024 * 1024 ..
+          " bytes%) too large", err)
+        assert.equals(413, meta.status)
+      end
+      assert.is_true((x.kv:put(k, "after")))
+      assert.equals("after", (x.kv:get(k)))
+      assert.is_true((x.kv:delete(k)))
+      x:close()
+    end)
   end)
 
   -------------------------------------------------------------------------------------------
