@@ -455,6 +455,8 @@ struct consul_lock {
     int refs;                 /* atomic */
     consul_conf *conf;
     consul_http http;         /* renewals and releases; .easy NULL until first needed */
+    consul_http own;          /* the Lua side's calls once the client is closed: never the
+                               * renewer's, which uses http meanwhile */
     consul_http watch;        /* the renewer's blocking reads of the key */
     char *key;                /* the raw key (any bytes) */
     size_t key_len;

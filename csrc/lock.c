@@ -756,9 +756,9 @@ static int lock_op_call(lua_State *L, consul_client *c, consul_op *op, consul_lo
     int box = lua_gettop(L);
     if (c != NULL)
         return consul_op_call(L, c, op, box);
-    if (consul_lock_handle(lk, &lk->http) != 0)
+    if (consul_lock_handle(lk, &lk->own) != 0)
         return consul_error(L, "cannot create a libcurl handle");
-    return consul_op_call_on(L, NULL, &lk->http, op, box);
+    return consul_op_call_on(L, NULL, &lk->own, op, box);
 }
 
 static int push_lock_failure(lua_State *L, consul_op *op)
@@ -1307,9 +1307,9 @@ static int guarded(lua_State *L, int kind)
     op->m.rq.content_type = "application/json";
     consul_op_opts(L, 0, op, 0);  /* the client's dc */
     if (c == NULL) {
-        if (consul_lock_handle(lk, &lk->http) != 0)
+        if (consul_lock_handle(lk, &lk->own) != 0)
             return consul_error(L, "cannot create a libcurl handle");
-        return consul_op_call_on(L, NULL, &lk->http, op, box);
+        return consul_op_call_on(L, NULL, &lk->own, op, box);
     }
     return consul_op_call(L, c, op, box);
 }

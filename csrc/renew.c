@@ -96,6 +96,7 @@ void consul_lock_free_handles(consul_lock *lk)
 {
     consul_http_release(&lk->http);
     consul_http_release(&lk->watch);
+    consul_http_release(&lk->own);
     consul_buf_free(&lk->ctl_out);
     consul_buf_free(&lk->watch_out);
 }
