@@ -138,8 +138,9 @@ local function read_answer(o, sock, deadline, set)
     set = false
     local data, err = sock:receiveany(65536)
     if not data then
+      -- closed or reset before a byte: a pooled connection the agent had dropped
+      if first and err ~= "timeout" then return 0, err end
       if err == "closed" then
-        if first then return 0, err end
         return op_feed(o, nil)
       end
       op_fail(o, err == "timeout" and "timeout" or "closed", err)
