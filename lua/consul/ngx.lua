@@ -165,12 +165,15 @@ local function transfer(o, head, body, ms)
     end
     local ok, err = sock:send(body and { head, body } or head)
     local st
-    if not ok then
-      st, why = reused > 0 and 0 or -1, err
-      if st < 0 then
-        sock:close()
-        return op_fail(o, err == "timeout" and "timeout" or "closed", err)
-      end
+    if not ok and err ~= "timeout" then
+      -- the agent may have answered before it stopped reading (413 to a value over its
+      -- kv_max_value_size): that answer is the request's, if it came
+      st, why = read_answer(o, sock, deadline)
+      if st == 1 then st = 2 end  -- the rest of the body is still owed on it
+      if st == 0 then why = err end  -- nothing came: the send's failure says it best
+    elseif not ok then
+      sock:close()
+      return op_fail(o, "timeout", err)
     else
       st, why = read_answer(o, sock, deadline, attempt == 1 and reused > 0 and now() == t0)
     end
